@@ -1,0 +1,1 @@
+"""The layerfleet agent: what runs on each Raspberry Pi. Never imports TensorFlow."""

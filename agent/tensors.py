@@ -1,0 +1,98 @@
+"""The one place where numpy arrays become wire tensors and back.
+
+Tensors travel as dtype + shape + raw little-endian bytes in C order (tensor.proto).
+Decoding is zero-copy: the array is a read-only view over the message's bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from layerfleet.v1 import tensor_pb2
+
+# Proto enum <-> numpy dtype. Little-endian everywhere: a Pi and an x86 VM agree.
+_TO_NUMPY: dict[int, np.dtype] = {
+    tensor_pb2.FLOAT32: np.dtype("<f4"),
+    tensor_pb2.FLOAT16: np.dtype("<f2"),
+    tensor_pb2.FLOAT64: np.dtype("<f8"),
+    tensor_pb2.INT8: np.dtype("i1"),
+    tensor_pb2.UINT8: np.dtype("u1"),
+    tensor_pb2.INT16: np.dtype("<i2"),
+    tensor_pb2.INT32: np.dtype("<i4"),
+    tensor_pb2.INT64: np.dtype("<i8"),
+    tensor_pb2.BOOL: np.dtype("?"),
+}
+_FROM_NUMPY: dict[str, int] = {dt.str.lstrip("<|"): code for code, dt in _TO_NUMPY.items()}
+
+# Keep the proto enum and this table in step (a new DType must get a numpy mapping).
+assert set(_TO_NUMPY) == set(tensor_pb2.DType.values()) - {tensor_pb2.DTYPE_UNSPECIFIED}, (
+    "tensor.proto DType and agent/tensors.py disagree"
+)
+
+
+class TensorError(ValueError):
+    """A tensor that cannot be decoded or does not match its contract; the message says why."""
+
+
+def dtype_name(code: int) -> str:
+    """'float32' for tensor_pb2.FLOAT32, for messages a person reads."""
+    return _TO_NUMPY[code].name if code in _TO_NUMPY else f"unknown dtype {code}"
+
+
+def dtype_code(dtype: np.dtype | str | type) -> int:
+    """The wire code of a numpy dtype; TensorError if the wire has none."""
+    dt = np.dtype(dtype)
+    try:
+        return _FROM_NUMPY[dt.newbyteorder("<").str.lstrip("<|")]
+    except KeyError:
+        raise TensorError(f"dtype {dt.name} cannot travel on the wire; "
+                          f"supported: {', '.join(sorted(d.name for d in _TO_NUMPY.values()))}") from None
+
+
+def numpy_dtype(code: int) -> np.dtype:
+    try:
+        return _TO_NUMPY[code]
+    except KeyError:
+        raise TensorError(f"unknown wire dtype {code}") from None
+
+
+def encode(name: str, array: np.ndarray) -> tensor_pb2.Tensor:
+    """One array as a wire tensor (one copy into the message: protobuf owns its bytes)."""
+    arr = np.asarray(array)
+    code = dtype_code(arr.dtype)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return tensor_pb2.Tensor(name=name, dtype=code, shape=arr.shape,
+                             data=np.ascontiguousarray(arr).tobytes())
+
+
+def decode(tensor: tensor_pb2.Tensor) -> np.ndarray:
+    """The array a wire tensor holds, as a read-only view over its bytes."""
+    return from_bytes(tensor.data, tensor.dtype, tuple(tensor.shape), tensor.name)
+
+
+def from_bytes(data: bytes | bytearray | memoryview, dtype: int, shape: tuple[int, ...],
+               name: str = "") -> np.ndarray:
+    dt = numpy_dtype(dtype)
+    if any(d < 0 for d in shape):
+        raise TensorError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if len(data) != expected:
+        raise TensorError(f"tensor {name!r}: {len(data)} bytes for shape {list(shape)} "
+                          f"{dt.name}, expected {expected}")
+    return np.frombuffer(data, dtype=dt).reshape(shape)
+
+
+def encode_many(arrays: Mapping[str, np.ndarray]) -> list[tensor_pb2.Tensor]:
+    return [encode(name, arr) for name, arr in arrays.items()]
+
+
+def decode_many(tensors: list[tensor_pb2.Tensor] | Iterator[tensor_pb2.Tensor]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for t in tensors:
+        if t.name in out:
+            raise TensorError(f"tensor {t.name!r} appears twice")
+        out[t.name] = decode(t)
+    return out
