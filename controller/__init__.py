@@ -1,0 +1,1 @@
+"""The layerfleet controller: what runs on the cloud VM."""

@@ -1,0 +1,1 @@
+"""Partitioner: Keras model -> layer DAG -> topological order -> cuts -> LiteRT shards."""

@@ -1,0 +1,1 @@
+"""Placement engine: pure functions from a cost model to a placement."""
