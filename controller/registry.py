@@ -1,0 +1,308 @@
+"""The controller's state: one SQLite file through sqlite-utils.
+
+Tables: devices, links, models, deployments, stages, events, tokens. The schema is built by
+numbered migrations (PRAGMA user_version says which ran), so an old database upgrades in
+place. Every change that touches several rows runs inside one `db.atomic()` transaction: a
+controller killed mid-deploy leaves either the old rows or the new ones, never half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    id: str
+    address: str
+    hostname: str = ""
+    arch: str = ""
+    cores: int = 0
+    memory_bytes: int = 0
+    runtime: str = ""
+    version: str = ""
+    state: str = "up"          # up | down | duplicate
+    found_by: str = "static"   # mdns | join | static
+    flops_per_s: float = 0.0   # calibrated; 0 until measured
+    link_bandwidth_Bps: float = 0.0
+    link_rtt_s: float = 0.0
+    last_seen: float = 0.0
+    power_w: float = 0.0
+    energy_method: str = ""
+    cpu_percent: float = 0.0
+    memory_available: int = 0
+    idle_w: float = 2.7        # power model defaults: Raspberry Pi 4 (docs/agent-telemetry.md)
+    busy_w: float = 6.4
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    name: str
+    digest: str
+    source: str
+    path: str                  # the stored model file the partitioner loads
+    input_shape: list[int] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    layers: int = 0
+    flops: int = 0
+    param_bytes: int = 0
+    created_at: float = 0.0
+
+
+@dataclass(slots=True)
+class StageRecord:
+    deployment: str
+    stage: int
+    start: int
+    stop: int
+    device: str
+    address: str
+    replicas: list[str] = field(default_factory=list)   # device ids
+    shard_sha256: str = ""
+    shard_bytes: int = 0
+
+
+@dataclass(slots=True)
+class DeploymentRecord:
+    name: str
+    model: str
+    state: str                 # deploying | active | degraded | failed | undeployed
+    plan: dict[str, Any] = field(default_factory=dict)
+    manifest_dir: str = ""
+    error: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    stages: list[StageRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EventRecord:
+    id: int
+    time: float
+    kind: str
+    subject: str
+    message: str
+
+
+_JSON_FIELDS = {"input_shape", "profile", "inputs", "outputs", "plan", "replicas"}
+
+
+def _to_row(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    row = {}
+    for f in fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        row[f.name] = json.dumps(value) if f.name in _JSON_FIELDS else value
+    return row
+
+
+def _from_row(cls: type, row: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: (json.loads(v) if k in _JSON_FIELDS and isinstance(v, str) else v)
+              for k, v in row.items() if k in names}
+    return cls(**kwargs)
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["devices"].create({f.name: _sql_type(f.type) for f in fields(DeviceRecord)}, pk="id")
+    db["links"].create({"a": str, "b": str, "bandwidth_Bps": float, "rtt_s": float,
+                        "measured_at": float}, pk=("a", "b"))
+    db["models"].create({f.name: _sql_type(f.type) for f in fields(ModelRecord)}, pk="name")
+    db["deployments"].create({f.name: _sql_type(f.type) for f in fields(DeploymentRecord)
+                              if f.name != "stages"}, pk="name")
+    db["stages"].create({f.name: _sql_type(f.type) for f in fields(StageRecord)},
+                        pk=("deployment", "stage"),
+                        foreign_keys=[("deployment", "deployments", "name")])
+    db["events"].create({"id": int, "time": float, "kind": str, "subject": str,
+                         "message": str}, pk="id")
+    db["events"].create_index(["subject"])
+    db["tokens"].create({"sha256": str, "label": str, "created_at": float}, pk="sha256")
+
+
+def _sql_type(annotation: Any) -> type:
+    text = str(annotation)
+    if text.startswith("int"):
+        return int
+    if text.startswith("float"):
+        return float
+    return str
+
+
+# Append only: migration N upgrades a version N-1 database. Never edit a released one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class Registry:
+    """All reads and writes of controller state. Single-threaded use (the event loop)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise RegistryError(
+                f"{self.path} has schema version {version}, newer than this controller "
+                f"understands ({len(MIGRATIONS)}): upgrade layerfleet")
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.db.atomic():
+                migration(self.db)
+                self.db.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def add_event(self, kind: str, subject: str, message: str) -> EventRecord:
+        with self.db.atomic():
+            return self._add_event(kind, subject, message)
+
+    def _add_event(self, kind: str, subject: str, message: str) -> EventRecord:
+        now = time.time()
+        table = self.db["events"]
+        table.insert({"time": now, "kind": kind, "subject": subject, "message": message})
+        return EventRecord(int(table.last_pk), now, kind, subject, message)
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
+        rows = self.db["events"].rows_where("id > ?", [after_id], order_by="id", limit=limit)
+        return [EventRecord(**r) for r in rows]
+
+    # -- devices --------------------------------------------------------------------------
+
+    def upsert_device(self, device: DeviceRecord, event: tuple[str, str] | None = None) -> None:
+        with self.db.atomic():
+            self.db["devices"].upsert(_to_row(device), pk="id")
+            if event:
+                self._add_event(event[0], device.id, event[1])
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        try:
+            return _from_row(DeviceRecord, self.db["devices"].get(device_id))
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def devices(self) -> list[DeviceRecord]:
+        return [_from_row(DeviceRecord, r) for r in self.db["devices"].rows_where(order_by="id")]
+
+    def set_device_state(self, device_id: str, state: str, message: str) -> None:
+        with self.db.atomic():
+            self.db["devices"].update(device_id, {"state": state})
+            self._add_event(f"device.{state}", device_id, message)
+
+    def set_link(self, a: str, b: str, bandwidth_Bps: float, rtt_s: float) -> None:
+        self.db["links"].upsert({"a": a, "b": b, "bandwidth_Bps": bandwidth_Bps,
+                                 "rtt_s": rtt_s, "measured_at": time.time()}, pk=("a", "b"))
+
+    def links(self) -> list[dict[str, Any]]:
+        return list(self.db["links"].rows)
+
+    # -- models ---------------------------------------------------------------------------
+
+    def add_model(self, model: ModelRecord) -> None:
+        with self.db.atomic():
+            self.db["models"].upsert(_to_row(model), pk="name")
+            self._add_event("model.registered", model.name,
+                            f"{model.source}, {model.layers} layers, digest {model.digest[:12]}")
+
+    def model(self, name: str) -> ModelRecord | None:
+        try:
+            return _from_row(ModelRecord, self.db["models"].get(name))
+        except sqlite_utils.db.NotFoundError:
+            return None
+
+    def models(self) -> list[ModelRecord]:
+        return [_from_row(ModelRecord, r) for r in self.db["models"].rows_where(order_by="name")]
+
+    # -- deployments ----------------------------------------------------------------------
+
+    def save_deployment(self, dep: DeploymentRecord, event: tuple[str, str] | None = None) -> None:
+        """Write a deployment and all its stages in one transaction."""
+        dep.updated_at = time.time()
+        dep.created_at = dep.created_at or dep.updated_at
+        with self.db.atomic():
+            self.db["deployments"].upsert(_to_row(dep, skip=("stages",)), pk="name")
+            self.db.execute("DELETE FROM stages WHERE deployment = ?", [dep.name])
+            if dep.stages:
+                self.db["stages"].insert_all(_to_row(s) for s in dep.stages)
+            if event:
+                self._add_event(event[0], dep.name, event[1])
+
+    def set_deployment_state(self, name: str, state: str, error: str = "",
+                             event: tuple[str, str] | None = None) -> None:
+        with self.db.atomic():
+            self.db["deployments"].update(name, {"state": state, "error": error,
+                                                 "updated_at": time.time()})
+            if event:
+                self._add_event(event[0], name, event[1])
+
+    def deployment(self, name: str) -> DeploymentRecord | None:
+        try:
+            dep = _from_row(DeploymentRecord, self.db["deployments"].get(name))
+        except sqlite_utils.db.NotFoundError:
+            return None
+        dep.stages = [_from_row(StageRecord, r) for r in
+                      self.db["stages"].rows_where("deployment = ?", [name], order_by="stage")]
+        return dep
+
+    def deployments(self, include_undeployed: bool = False) -> list[DeploymentRecord]:
+        names = [r["name"] for r in self.db["deployments"].rows_where(
+            None if include_undeployed else "state != 'undeployed'", order_by="name")]
+        return [d for d in (self.deployment(n) for n in names) if d is not None]
+
+    # -- join tokens ----------------------------------------------------------------------
+
+    def create_token(self, label: str = "") -> str:
+        """A new join token. Only its hash is stored: the database leaking leaks no token."""
+        token = "lf_" + secrets.token_urlsafe(24)
+        self.db["tokens"].insert({"sha256": _token_hash(token), "label": label,
+                                  "created_at": time.time()})
+        return token
+
+    def check_token(self, token: str) -> bool:
+        if not token:
+            return False
+        try:
+            self.db["tokens"].get(_token_hash(token))
+        except sqlite_utils.db.NotFoundError:
+            return False
+        return True
+
+    def tokens(self) -> Iterator[dict[str, Any]]:
+        return self.db["tokens"].rows
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return asdict(obj)
