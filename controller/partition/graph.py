@@ -57,6 +57,11 @@ class LayerGraph:
         """Tensors crossing cut `position`, in a stable order (by producer, then name)."""
         if not 0 <= position <= self.n:
             raise PartitionError(f"cut {position} is out of range: cuts run from 0 to {self.n}")
+        # The ends keep the model's own order of inputs and outputs.
+        if position == 0:
+            return list(self.inputs)
+        if position == self.n:
+            return list({e.key: e for e in self.outputs}.values())
         found = [e for e in self.edges.values() if e.producer < position <= e.last_use]
         return sorted(found, key=lambda e: (e.producer, e.name))
 

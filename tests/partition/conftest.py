@@ -1,0 +1,71 @@
+"""Models and a conversion cache shared by the partition tests (one conversion per segment
+per test run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shard_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shard-cache")
+
+
+def randomize(model, seed: int = 0):
+    """Random weights everywhere (BatchNorm too), so no layer is an identity in disguise."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for w in model.weights:
+        shape, name = tuple(w.shape), w.path
+        if "moving_variance" in name:
+            weights.append(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+        else:
+            weights.append(rng.normal(0, 0.3, shape).astype(np.float32))
+    model.set_weights(weights)
+    return model
+
+
+def multi_io_model():
+    """Two inputs, two outputs; a skip (Add), a concat of both branches, and an output
+    ('early') that is ready long before the end and must be carried through."""
+    import keras
+    from keras import layers
+
+    image = keras.Input((12, 12, 3), name="image")
+    meta = keras.Input((6,), name="meta")
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(image)
+    y = layers.Conv2D(8, 3, padding="same", name="branch")(x)
+    y = layers.BatchNormalization(name="branch_bn")(y)
+    z = layers.Add(name="skip")([x, y])
+    early = layers.Dense(4, name="early")(meta)
+    pooled = layers.GlobalAveragePooling2D(name="pool")(z)
+    m = layers.Dense(8, activation="relu", name="meta_dense")(meta)
+    joined = layers.Concatenate(name="join")([pooled, m])
+    out = layers.Dense(10, activation="softmax", name="classes")(joined)
+    return randomize(keras.Model([image, meta], [out, early], name="multi_io"))
+
+
+def sequential_model():
+    import keras
+    from keras import layers
+
+    return randomize(keras.Sequential([
+        keras.Input((10, 10, 1)),
+        layers.Conv2D(6, 3, activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(12, 3, padding="same"),
+        layers.BatchNormalization(),
+        layers.ReLU(),
+        layers.Flatten(),
+        layers.Dropout(0.5),
+        layers.Dense(16, activation="tanh"),
+        layers.Dense(5),
+    ], name="seq"), seed=1)
+
+
+def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in specs}
