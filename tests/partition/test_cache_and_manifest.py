@@ -13,7 +13,7 @@ from layerfleet.controller.partition import split as split_module
 from layerfleet.controller.partition.profile import ModelProfile
 from layerfleet.controller.partition.profiler import layer_flops
 
-from .conftest import multi_io_model
+from .models import multi_io_model
 
 
 @pytest.fixture(scope="module")

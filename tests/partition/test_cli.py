@@ -13,7 +13,7 @@ import pytest
 from layerfleet.agent.runtime import ShardRunner
 from layerfleet.controller.partition import Analysis, convert_whole
 
-from .conftest import multi_io_model, sequential_model
+from .models import multi_io_model, sequential_model
 
 LAYERFLEET = str(Path(sys.executable).parent / "layerfleet")
 

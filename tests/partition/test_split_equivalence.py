@@ -10,7 +10,7 @@ from layerfleet.agent.runtime import ShardRunner
 from layerfleet.controller.partition import Analysis, balanced_cuts, convert_whole, split_model
 from layerfleet.controller.partition.local import run_local
 
-from .conftest import multi_io_model, random_inputs, sequential_model
+from .models import multi_io_model, random_inputs, sequential_model
 
 TOLERANCE = 1e-5
 

@@ -1,17 +1,9 @@
-"""Models and a conversion cache shared by the partition tests (one conversion per segment
-per test run)."""
+"""Small models with the graph features splitting must survive (builders, not fixtures, so
+other test folders can use them too)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
-
-
-@pytest.fixture(scope="session")
-def shard_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("shard-cache")
 
 
 def randomize(model, seed: int = 0):

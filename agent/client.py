@@ -1,0 +1,167 @@
+"""AgentClient: the asyncio client of one agent (used by the controller, tests, benchmarks).
+
+All inference goes over one persistent multiplexed stream (stream.py). Errors come back as
+AgentError with the agent's status code and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+
+from layerfleet.agent import transport
+from layerfleet.agent.stream import HopError, InferStream, Reply
+from layerfleet.v1 import agent_pb2, agent_pb2_grpc
+
+UPLOAD_CHUNK = 1 << 20
+
+
+class AgentError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+def _wrap(exc: grpc.aio.AioRpcError, address: str) -> AgentError:
+    details = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        details = f"agent {address} unavailable: {details}"
+    return AgentError(exc.code(), details)
+
+
+class AgentClient:
+    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = transport.channel(address)
+        self._stub = agent_pb2_grpc.AgentStub(self._channel)
+        self._stream = InferStream(address, channel=self._channel)
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _wrap(exc, self.address) from None
+
+    async def describe(self) -> agent_pb2.DeviceInfo:
+        return await self._unary(self._stub.Describe, agent_pb2.DescribeRequest())
+
+    async def upload_shard(self, data: bytes, *,
+                           progress: Callable[[int, int], None] | None = None) -> str:
+        sha256 = hashlib.sha256(data).hexdigest()
+
+        async def chunks():
+            view = memoryview(data)
+            yield agent_pb2.ShardChunk(sha256=sha256, size_bytes=len(data))
+            for offset in range(0, len(data), UPLOAD_CHUNK):
+                yield agent_pb2.ShardChunk(data=bytes(view[offset:offset + UPLOAD_CHUNK]))
+                if progress:
+                    progress(min(offset + UPLOAD_CHUNK, len(data)), len(data))
+
+        info = await self._unary(self._stub.UploadShard, chunks(), timeout=600)
+        return info.sha256
+
+    async def list_shards(self) -> list[str]:
+        reply = await self._unary(self._stub.ListShards, agent_pb2.ListShardsRequest())
+        return [s.sha256 for s in reply.shards]
+
+    async def remove_shard(self, sha256: str) -> None:
+        await self._unary(self._stub.RemoveShard, agent_pb2.RemoveShardRequest(sha256=sha256))
+
+    async def set_route(self, *, deployment: str, stage: int, shard_sha256: str,
+                        next_hops: list[str] = (), replica_mode: str = "balanced",
+                        hedge_k: int = 2, exit_output: str = "",
+                        exit_threshold: float = 0.0) -> None:
+        route = agent_pb2.Route(
+            deployment=deployment, stage=stage, shard_sha256=shard_sha256,
+            next_hops=list(next_hops), hedge_k=hedge_k,
+            replica_mode=agent_pb2.HEDGED if replica_mode == "hedged" else agent_pb2.BALANCED,
+            exit=agent_pb2.ExitConfig(enabled=bool(exit_output), output_name=exit_output,
+                                      threshold=exit_threshold))
+        await self._unary(self._stub.SetRoute, route)
+
+    async def remove_route(self, deployment: str, stage: int) -> None:
+        await self._unary(self._stub.RemoveRoute,
+                          agent_pb2.RemoveRouteRequest(deployment=deployment, stage=stage))
+
+    async def list_routes(self) -> list[agent_pb2.Route]:
+        return list((await self._unary(self._stub.ListRoutes,
+                                       agent_pb2.ListRoutesRequest())).routes)
+
+    async def infer(self, deployment: str, inputs: Mapping[str, np.ndarray], *,
+                    stage: int = 0) -> Reply:
+        try:
+            return await self._stream.infer(deployment, stage, inputs)
+        except HopError as exc:
+            raise AgentError(exc.code, exc.message) from None
+
+    async def benchmark(self, runs: int = 5) -> agent_pb2.BenchmarkReply:
+        return await self._unary(self._stub.Benchmark, agent_pb2.BenchmarkRequest(runs=runs),
+                                 timeout=120)
+
+    async def echo(self, nbytes: int) -> float:
+        """Seconds to send nbytes and get them back (1 MiB messages)."""
+        payload = bytes(min(nbytes, UPLOAD_CHUNK))
+        count = max(nbytes // len(payload), 1)
+
+        async def blobs():
+            for _ in range(count):
+                yield agent_pb2.Blob(data=payload)
+
+        started = time.perf_counter()
+        try:
+            async for _ in self._stub.Echo(blobs(), timeout=self.timeout_s):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            raise _wrap(exc, self.address) from None
+        return time.perf_counter() - started
+
+    async def set_faults(self, delay_ms: float) -> None:
+        await self._unary(self._stub.SetFaults, agent_pb2.Faults(delay_ms=delay_ms))
+
+    async def telemetry(self, interval_s: float = 1.0):
+        try:
+            async for sample in self._stub.Telemetry(
+                    agent_pb2.TelemetryRequest(interval_s=interval_s)):
+                yield sample
+        except grpc.aio.AioRpcError as exc:
+            raise _wrap(exc, self.address) from None
+
+    async def close(self) -> None:
+        await self._stream.close()
+        await self._channel.close()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.close()
+
+
+async def wait_serving(address: str, timeout_s: float = 10.0) -> None:
+    """Until the agent's health check says SERVING (raises TimeoutError)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with transport.channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"agent {address} not serving after {timeout_s} s")
+            await asyncio.sleep(0.05)

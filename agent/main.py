@@ -1,0 +1,288 @@
+"""`layerfleet-agent`: the daemon on each device (wiring only).
+
+Settings come from flags, then LAYERFLEET_* environment variables, then a TOML file
+(--config), then defaults. One asyncio event loop runs the gRPC server, the mDNS
+advertisement, the controller heartbeat, telemetry and the systemd watchdog. On SIGTERM:
+health goes NOT_SERVING, the mDNS record is withdrawn, in-flight requests get a grace
+period to finish, then the agent exits 0.
+
+Prints `layerfleet-agent serving on HOST:PORT` on stderr once it serves (with --listen
+HOST:0, the port it picked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from layerfleet import __version__
+from layerfleet.agent import sdnotify, transport
+from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
+from layerfleet.agent.identity import device_id
+from layerfleet.agent.pipeline import Pipeline
+from layerfleet.agent.service import AgentService, runtime_label
+from layerfleet.agent.store import DEFAULT_QUOTA, ShardStore
+from layerfleet.agent.telemetry import Telemetry
+from layerfleet.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger("layerfleet.agent")
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "layerfleet-agent"
+
+
+@dataclass
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    advertise: str = ""          # HOST:PORT others use to reach this agent
+    state_dir: str = ""
+    threads: int = 0             # LiteRT threads per shard run; 0 = all cores
+    workers: int = 1             # shard runs at once
+    quota_bytes: int = DEFAULT_QUOTA
+    mdns: bool = True
+    controller: str = ""
+    join_token: str = ""
+    insecure: bool = False
+    metrics_port: int = 0        # 0 = no /metrics
+    allow_faults: bool = False
+    power_sensor: str = ""       # e.g. ina219:/dev/i2c-1:0x40
+    idle_watts: float = 0.0      # override the board's power model
+    busy_watts: float = 0.0
+    grace_s: float = 5.0
+    log_level: str = "info"
+
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else str(value).lower() in _BOOL_TRUE
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SystemExit(f"layerfleet-agent: setting {name}={value!r} is not a valid "
+                         f"{kind.__name__}") from None
+
+
+def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """flags > LAYERFLEET_* environment > --config TOML > defaults."""
+    env = dict(os.environ if env is None else env)
+    args = _parser().parse_args(argv)
+    merged: dict[str, Any] = {}
+    if args.config:
+        try:
+            merged.update(tomllib.loads(Path(args.config).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"layerfleet-agent: cannot read config {args.config}: {exc}")
+        unknown = set(merged) - {f.name for f in fields(Settings)} - {"no_mdns"}
+        if unknown:
+            raise SystemExit(f"layerfleet-agent: unknown setting(s) in {args.config}: "
+                             f"{', '.join(sorted(unknown))}")
+    for f in fields(Settings):
+        key = f"LAYERFLEET_{f.name.upper()}"
+        if key in env:
+            merged[f.name] = env[key]
+    for name, value in vars(args).items():
+        if name != "config" and value is not None:
+            merged[name] = value
+    if merged.pop("no_mdns", False) in (True, "1", "true"):
+        merged["mdns"] = False
+    kinds = {f.name: type(f.default) for f in fields(Settings)}
+    return Settings(**{k: _coerce(k, v, kinds[k]) for k, v in merged.items()})
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="layerfleet-agent",
+        description="Serve LiteRT layer shards over gRPC and pass activations to the next "
+                    "device. Settings: flags > LAYERFLEET_<NAME> environment > --config > "
+                    "defaults.")
+    add = p.add_argument
+    add("--config", help="TOML file with the settings below (keys as the long flags, "
+                         "with underscores).")
+    add("--listen", help="gRPC address (default 127.0.0.1:50051; HOST:0 picks a port).")
+    add("--advertise", help="HOST:PORT the controller and other agents use to reach this "
+                            "agent (default: the listen address).")
+    add("--state-dir", help="Where shards, routes and the device id live (default "
+                            "$STATE_DIRECTORY or ~/.local/state/layerfleet-agent).")
+    add("--threads", type=int, help="LiteRT threads per shard run (default: all cores).")
+    add("--workers", type=int, help="Shard runs at the same time (default 1).")
+    add("--quota-bytes", type=int, help="Disk quota for shards (default 1 GiB).")
+    add("--no-mdns", action="store_const", const=True, help="Do not advertise over mDNS.")
+    add("--controller", help="Controller HOST:PORT to join (for agents off its LAN).")
+    add("--join-token", help="Token from `layerfleet-controller token create`.")
+    add("--insecure", action="store_const", const=True,
+        help="Allow a non-loopback --listen without TLS (until mutual TLS lands).")
+    add("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
+    add("--allow-faults", action="store_const", const=True,
+        help="Enable the SetFaults RPC (tests and chaos drills only).")
+    add("--power-sensor", help="INA219 power sensor, e.g. ina219:/dev/i2c-1:0x40.")
+    add("--idle-watts", type=float, help="Board idle power for the power model.")
+    add("--busy-watts", type=float, help="Board full-load power for the power model.")
+    add("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+class AgentServer:
+    """The whole agent as an object tests can start and stop on loopback."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.device_id = device_id(self.state_dir)
+        board = BOARDS[detect_board()]
+        power = PowerModel(board.board, settings.idle_watts or board.idle_w,
+                           settings.busy_watts or board.busy_w)
+        self.telemetry = Telemetry(power, power_sensor=settings.power_sensor)
+        self.store = ShardStore(self.state_dir, settings.quota_bytes)
+        threads = settings.threads or os.cpu_count() or 1
+        self.pipeline = Pipeline(self.store, self.state_dir, self.device_id,
+                                 workers=max(settings.workers, 1), threads_per_run=threads,
+                                 on_inference=self._record)
+        self.health = health.aio.HealthServicer()
+        self.server: Any = None
+        self.service: AgentService | None = None
+        self.address = ""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._advertiser: Any = None
+
+    def _record(self, shard: str, seconds: float) -> None:
+        joules = self.telemetry.record_inference(shard, seconds,
+                                                 self.pipeline.compute.threads_per_run or 1)
+        if self.settings.metrics_port:
+            from layerfleet.agent import metrics
+
+            metrics.observe_inference(shard, seconds, joules)
+
+    async def start(self) -> str:
+        self.server = transport.server()
+        port = transport.add_port(self.server, self.settings.listen,
+                                  insecure=self.settings.insecure)
+        host = self.settings.listen.rsplit(":", 1)[0]
+        self.address = self.settings.advertise or f"{host}:{port}"
+        self.service = AgentService(self.store, self.pipeline, self.telemetry,
+                                    device_id=self.device_id, address=self.address,
+                                    allow_faults=self.settings.allow_faults)
+        agent_pb2_grpc.add_AgentServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        self.pipeline.restore_routes()
+        await self.server.start()
+        self.port = port
+        for name in ("", "layerfleet.v1.Agent"):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.mdns:
+            await self._start_mdns(port)
+        if self.settings.controller:
+            from layerfleet.agent.join import join_and_heartbeat
+
+            self._tasks.append(asyncio.create_task(join_and_heartbeat(
+                self.settings.controller, self.settings.join_token, self.address,
+                self.service.describe, self.service.sample)))
+        if self.settings.metrics_port:
+            from layerfleet.agent import metrics
+
+            metrics.start_metrics_server(self.settings.metrics_port)
+            self._tasks.append(asyncio.create_task(self._metrics_loop()))
+        interval = sdnotify.watchdog_interval_s()
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        sdnotify.notify("READY=1\nSTATUS=serving on " + self.address)
+        return self.address
+
+    async def _start_mdns(self, port: int) -> None:
+        from layerfleet.agent.discovery import Advertiser, build_txt
+
+        import psutil
+
+        host = self.address.rsplit(":", 1)[0]
+        txt = build_txt(device_id=self.device_id, arch=platform.machine(),
+                        cores=os.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total,
+                        runtime=runtime_label(), version=__version__, port=port)
+        addresses = [host] if host not in ("0.0.0.0", "", "[::]") else None
+        try:
+            self._advertiser = Advertiser(txt, port, addresses=addresses)
+            await self._advertiser.start()
+        except OSError as exc:  # no multicast route: join and static still work
+            log.warning("mDNS advertisement is off: %s", exc)
+            self._advertiser = None
+
+    async def _metrics_loop(self) -> None:
+        from layerfleet.agent import metrics
+
+        while True:
+            metrics.update_from_snapshot(self.telemetry.sample())
+            await asyncio.sleep(5)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        sdnotify.notify("STOPPING=1")
+        for name in ("", "layerfleet.v1.Agent"):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._advertiser is not None:
+            await self._advertiser.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            # New calls are refused; calls in flight get the grace period to finish.
+            await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
+        await self.pipeline.close()
+
+
+async def serve(settings: Settings) -> None:
+    agent = AgentServer(settings)
+    address = await agent.start()
+    print(f"layerfleet-agent serving on {address}", file=sys.stderr, flush=True)
+    log.info("device %s, state in %s", agent.device_id, agent.state_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining in-flight requests (up to %.0f s)", settings.grace_s)
+    await agent.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings(argv)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except transport.InsecureListen as exc:
+        print(f"layerfleet-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"layerfleet-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

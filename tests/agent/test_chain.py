@@ -1,0 +1,76 @@
+"""Three real agents chained on loopback compute exactly what the shards compute in one
+process, with many requests in flight on one stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from layerfleet.agent.client import AgentClient
+from layerfleet.controller.partition.local import run_local
+
+from .conftest import deploy_chain
+
+
+async def test_three_agents_run_a_split_mobilenet_like_run_local(agents, mobilenet_split):
+    servers = [await agents(f"a{i}") for i in range(3)]
+    await deploy_chain(mobilenet_split, servers)
+    x = mobilenet_split.random_input()
+    async with AgentClient(servers[0].address) as client:
+        reply = await client.infer("d", x)
+    expected = run_local(mobilenet_split.directory, x)
+    assert set(reply.outputs) == set(expected)
+    for name in expected:
+        np.testing.assert_array_equal(reply.outputs[name], expected[name])
+    assert [h.stage for h in reply.hops] == [0, 1, 2]
+    assert [h.device_id for h in reply.hops] == [s.device_id for s in servers]
+    assert reply.hops[0].forward_s >= reply.hops[1].compute_s
+
+
+async def test_200_requests_in_flight_on_one_stream_all_come_back_matched(agents, small_split):
+    servers = [await agents(f"a{i}") for i in range(3)]
+    await deploy_chain(small_split, servers)
+    inputs = [small_split.random_input(seed) for seed in range(200)]
+    async with AgentClient(servers[0].address) as client:
+        replies = await asyncio.gather(*(client.infer("d", x) for x in inputs))
+    for x, reply in zip(inputs, replies):
+        expected = run_local(small_split.directory, x)
+        np.testing.assert_array_equal(reply.outputs["probs"], expected["probs"])
+
+
+async def test_a_restarted_agent_keeps_its_shards_and_routes(tmp_path, small_split):
+    from layerfleet.agent.main import AgentServer
+
+    from .conftest import settings
+
+    first = AgentServer(settings(tmp_path / "a"))
+    await first.start()
+    async with AgentClient(first.address) as client:
+        sha = await client.upload_shard(small_split.shard(0))
+        await client.set_route(deployment="d", stage=0, shard_sha256=sha)
+    await first.stop(grace_s=0)
+
+    again = AgentServer(settings(tmp_path / "a"))
+    await again.start()
+    try:
+        assert again.device_id == first.device_id
+        async with AgentClient(again.address) as client:
+            assert sha in await client.list_shards()
+            reply = await client.infer("d", small_split.random_input())
+        assert set(reply.outputs) == {t.name for t in small_split.manifest.shards[0].outputs}
+    finally:
+        await again.stop(grace_s=0)
+
+
+async def test_big_activations_travel_in_chunks_and_arrive_intact(tmp_path, small_split):
+    from layerfleet.agent import wire
+
+    x = np.random.default_rng(0).random((1, 512, 1024), dtype=np.float32)  # 2 MiB
+    messages = list(wire.requests(7, "d", 0, {"big": x}, chunk_bytes=256 << 10))
+    assert len(messages) == 8 and all(m.more for m in messages[:-1])
+    assembler = wire.Assembler()
+    done = [assembler.add(m) for m in messages]
+    assert done[:-1] == [None] * 7
+    _, arrays = done[-1]
+    np.testing.assert_array_equal(arrays["big"], x)
