@@ -51,13 +51,14 @@ class Advertiser:
         self._info = AsyncServiceInfo(
             SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", port=self.port, properties=self.txt,
             addresses=addresses, server=f"{self.name}.local.")
-        await self._zc.async_register_service(self._info)
+        # zeroconf returns a task that finishes once the announcements are out.
+        await (await self._zc.async_register_service(self._info))
 
     async def stop(self) -> None:
         if self._zc is None:
             return
         if self._info is not None:
-            await self._zc.async_unregister_service(self._info)
+            await (await self._zc.async_unregister_service(self._info))  # goodbye packets
         await self._zc.async_close()
         self._zc = None
 

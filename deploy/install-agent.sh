@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install the layerfleet agent on a Raspberry Pi (64-bit Raspberry Pi OS, Python 3.11-3.13)
+# as a systemd service. Run as root from a checkout (or pass the checkout/wheel path):
+#
+#   sudo deploy/install-agent.sh [SOURCE] [--controller HOST:PORT --join-token TOKEN]
+#
+# Installs into /opt/layerfleet/agent (a venv with the `agent` extra only: no TensorFlow),
+# writes /etc/layerfleet/agent.toml once (never overwrites your edits), keeps secrets in the
+# 0600 /etc/layerfleet/agent.env, and enables layerfleet-agent.service.
+set -euo pipefail
+
+src="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ $# -gt 0 && "$1" != --* ]]; then src="$1"; shift; fi
+controller="" token=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --controller) controller="$2"; shift 2 ;;
+    --join-token) token="$2"; shift 2 ;;
+    *) echo "install-agent.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[[ $EUID -eq 0 ]] || { echo "install-agent.sh: run as root (it installs a systemd unit)" >&2; exit 1; }
+
+prefix=/opt/layerfleet/agent
+python3 -m venv "$prefix"
+"$prefix/bin/pip" install --upgrade pip >/dev/null
+"$prefix/bin/pip" install "${src}[agent]"
+
+install -d -m 0755 /etc/layerfleet
+if [[ ! -e /etc/layerfleet/agent.toml ]]; then
+  cat > /etc/layerfleet/agent.toml <<TOML
+# layerfleet agent settings; flags and LAYERFLEET_* environment variables override these.
+listen = "0.0.0.0:50051"
+insecure = true   # until mutual TLS lands: only on a LAN you trust
+TOML
+fi
+umask 077
+{
+  [[ -n "$controller" ]] && echo "LAYERFLEET_CONTROLLER=$controller"
+  [[ -n "$token" ]] && echo "LAYERFLEET_JOIN_TOKEN=$token"
+  true
+} > /etc/layerfleet/agent.env
+chmod 0600 /etc/layerfleet/agent.env
+
+install -m 0644 "$src/systemd/layerfleet-agent.service" /etc/systemd/system/layerfleet-agent.service
+systemctl daemon-reload
+systemctl enable --now layerfleet-agent.service
+systemctl --no-pager status layerfleet-agent.service | head -n 5

@@ -1,0 +1,21 @@
+"""The agent stays small: nothing in layerfleet.agent imports TensorFlow or Keras."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import layerfleet.agent
+
+
+def test_no_agent_module_imports_tensorflow():
+    modules = [f"layerfleet.agent.{m.name}" for m in pkgutil.iter_modules(layerfleet.agent.__path__)]
+    assert "layerfleet.agent.main" in modules
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', "
+            "'layerfleet.controller'}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('layerfleet.controller')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "[]"
