@@ -12,7 +12,6 @@ import time
 from importlib import resources
 
 import numpy as np
-
 from layerfleet.agent.runtime import ShardRunner
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-
 from layerfleet.agent import transport
 from layerfleet.agent.stream import HopError, InferStream, Reply
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 
 import grpc
-
 from layerfleet.agent import transport
 from layerfleet.v1 import agent_pb2, fleet_pb2, fleet_pb2_grpc
 

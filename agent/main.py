@@ -26,7 +26,6 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from layerfleet import __version__
 from layerfleet.agent import sdnotify, transport
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
@@ -212,9 +211,8 @@ class AgentServer:
         return self.address
 
     async def _start_mdns(self, port: int) -> None:
-        from layerfleet.agent.discovery import Advertiser, build_txt
-
         import psutil
+        from layerfleet.agent.discovery import Advertiser, build_txt
 
         host = self.address.rsplit(":", 1)[0]
         txt = build_txt(device_id=self.device_id, arch=platform.machine(),

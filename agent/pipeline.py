@@ -32,7 +32,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 from google.protobuf import json_format
-
 from layerfleet.agent.runtime import ShardInputError, ShardRunner
 from layerfleet.agent.store import ShardStore
 from layerfleet.agent.stream import HopError, InferStream, Reply

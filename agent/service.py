@@ -14,10 +14,10 @@ import os
 import platform
 import socket
 from collections.abc import AsyncIterator
+
 import grpc
 import numpy as np
 import psutil
-
 from layerfleet import __version__
 from layerfleet.agent import runtime, tensors, wire
 from layerfleet.agent.energy import board_name

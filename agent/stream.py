@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-
 from layerfleet.agent import transport, wire
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-
 from layerfleet.agent.energy import BOARDS, Ina219, PowerModel, RaplCounter, detect_board
 
 RESERVOIR = 2048  # latencies kept per shard for quantiles

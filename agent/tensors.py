@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import numpy as np
-
 from layerfleet.v1 import tensor_pb2
 
 # Proto enum <-> numpy dtype. Little-endian everywhere: a Pi and an x86 VM agree.

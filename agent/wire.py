@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from layerfleet.agent import tensors
 from layerfleet.v1 import agent_pb2, tensor_pb2
 

@@ -17,6 +17,15 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("cli_partition", "inspect", "Show a model's layers, cut points, FLOPs and bytes."),
     "split": ("cli_partition", "split", "Cut a model into LiteRT shards with a manifest."),
     "run-local": ("cli_partition", "run_local", "Run a split model's shards in order in this process."),
+    "devices": ("cli_fleet", "devices", "List the fleet's devices with calibration and telemetry."),
+    "models": ("cli_fleet", "models", "Register models (add) and list them (list)."),
+    "plan": ("cli_fleet", "plan", "Dry run: best placements of a model, with predictions."),
+    "deploy": ("cli_fleet", "deploy", "Plan, convert, push and activate a model on the fleet."),
+    "deployments": ("cli_fleet", "deployments", "List deployments or describe one."),
+    "infer": ("cli_fleet", "infer", "Run an input (.npy, .npz, image) through a deployment."),
+    "undeploy": ("cli_fleet", "undeploy", "Stop a deployment and free its shards."),
+    "events": ("cli_fleet", "events", "Show (or follow) the controller's event log."),
+    "demo": ("demo", "demo", "Start a controller and 3 agents here and run the whole path."),
 }
 
 

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import click
 import numpy as np
-
 from layerfleet.controller.tables import human_bytes, human_flops, table
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from layerfleet.agent import tensors
 from layerfleet.v1 import tensor_pb2
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from layerfleet.controller.partition.errors import PartitionError
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from layerfleet.controller.partition.errors import PartitionError
 
 

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-
 from layerfleet.agent.runtime import ShardInputError, ShardRunner
 from layerfleet.controller.partition.manifest import Manifest, TensorInfo
 

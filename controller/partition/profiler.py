@@ -18,10 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from layerfleet.controller.partition.graph import LayerGraph
-from layerfleet.controller.partition.profile import (CutCost, LayerCost, ModelProfile,
-                                                     TensorSpecInfo)
+from layerfleet.controller.partition.profile import CutCost, LayerCost, ModelProfile, TensorSpecInfo
 
 _DATA_MOVEMENT = {"Reshape", "Flatten", "Concatenate", "ZeroPadding1D", "ZeroPadding2D",
                   "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Dropout",

@@ -11,7 +11,6 @@ Each returns None when it cannot place the model (no cloud device, nothing fits)
 from __future__ import annotations
 
 import numpy as np
-
 from layerfleet.controller.placement.cost import fits, predict
 from layerfleet.controller.placement.model import Fleet, ModelCosts, Placement, Stage
 

@@ -21,8 +21,13 @@ Replicas:
 
 from __future__ import annotations
 
-from layerfleet.controller.placement.model import (Fleet, ModelCosts, Prediction, Stage,
-                                                   StagePrediction)
+from layerfleet.controller.placement.model import (
+    Fleet,
+    ModelCosts,
+    Prediction,
+    Stage,
+    StagePrediction,
+)
 
 
 def _stage(costs: ModelCosts, fleet: Fleet, previous: str, device_id: str, a: int, b: int

@@ -31,10 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
 from layerfleet.controller.placement.cost import predict
-from layerfleet.controller.placement.model import (Fleet, ModelCosts, Placement,
-                                                   PlacementError, Stage)
+from layerfleet.controller.placement.model import (
+    Fleet,
+    ModelCosts,
+    Placement,
+    PlacementError,
+    Stage,
+)
 
 EXACT_DEVICES = 6
 EXACT_POSITIONS = 64

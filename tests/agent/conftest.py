@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from layerfleet.agent.client import AgentClient
 from layerfleet.agent.main import AgentServer, Settings
 from layerfleet.controller.partition.manifest import Manifest
@@ -62,7 +61,6 @@ def small_split(tmp_path_factory, shard_cache) -> Split:
 def mobilenet_split(tmp_path_factory, shard_cache) -> Split:
     """MobileNetV2 (alpha 0.35, 96x96: the real architecture at a size CI converts fast)."""
     import keras
-
     from layerfleet.controller.partition import Analysis, balanced_cuts
 
     keras.utils.set_random_seed(0)

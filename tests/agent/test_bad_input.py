@@ -8,7 +8,6 @@ import hashlib
 import grpc
 import numpy as np
 import pytest
-
 from layerfleet.agent.client import AgentClient, AgentError
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 

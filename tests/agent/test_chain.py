@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-
 from layerfleet.agent.client import AgentClient
 from layerfleet.controller.partition.local import run_local
 

@@ -6,12 +6,9 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-
 from layerfleet.agent.client import AgentClient, wait_serving
 from layerfleet.agent.main import load_settings
 

@@ -7,7 +7,6 @@ import hashlib
 import time
 
 import numpy as np
-
 from layerfleet.agent.client import AgentClient
 
 

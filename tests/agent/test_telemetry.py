@@ -7,10 +7,16 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-
 from layerfleet.agent import metrics
-from layerfleet.agent.energy import (BOARDS, PowerModel, RaplCounter, detect_board,
-                                     ina219_bus_volts, ina219_calibration, ina219_watts)
+from layerfleet.agent.energy import (
+    BOARDS,
+    PowerModel,
+    RaplCounter,
+    detect_board,
+    ina219_bus_volts,
+    ina219_calibration,
+    ina219_watts,
+)
 from layerfleet.agent.telemetry import Telemetry
 
 

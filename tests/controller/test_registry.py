@@ -5,10 +5,15 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
 from layerfleet.controller.registry import (
-    MIGRATIONS, DeploymentRecord, DeviceRecord, ModelRecord, Registry, RegistryError,
-    StageRecord)
+    MIGRATIONS,
+    DeploymentRecord,
+    DeviceRecord,
+    ModelRecord,
+    Registry,
+    RegistryError,
+    StageRecord,
+)
 
 
 def _deployment(name: str = "d1") -> DeploymentRecord:

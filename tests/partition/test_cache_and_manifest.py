@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from layerfleet.controller.partition import Analysis, Manifest, PartitionError, split_model
 from layerfleet.controller.partition import split as split_module
 from layerfleet.controller.partition.profile import ModelProfile

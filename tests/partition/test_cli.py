@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from layerfleet.agent.runtime import ShardRunner
-from layerfleet.controller.partition import Analysis, convert_whole
+from layerfleet.controller.partition import convert_whole
 
 from .models import multi_io_model, sequential_model
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from layerfleet.agent.runtime import ShardRunner
 from layerfleet.controller.partition import Analysis, balanced_cuts, convert_whole, split_model
 from layerfleet.controller.partition.local import run_local

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from layerfleet.controller.placement.baselines import best_split, memory_split, whole_in_cloud
 from layerfleet.controller.placement.cost import predict
 from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts, Stage
-from layerfleet.controller.placement.plan import (Observation, ReplanState, plan,
-                                                  should_replan)
+from layerfleet.controller.placement.plan import Observation, ReplanState, plan, should_replan
 
 # Two layers of 1 GFLOP; 1 MB crosses the middle cut, 100 kB in, 10 kB out.
 COSTS = ModelCosts("m", ["a", "b"], [10**9, 10**9], [1000, 1000],

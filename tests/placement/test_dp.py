@@ -7,11 +7,10 @@ import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from layerfleet.controller.placement import dp
 from layerfleet.controller.placement.cost import fits, predict
 from layerfleet.controller.placement.gnh import nominate
-from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts, Stage
+from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts
 
 
 @st.composite

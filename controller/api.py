@@ -1,0 +1,314 @@
+"""The Controller gRPC servicer: decode, call the part that decides, encode.
+
+Every error a caller sees is an ApiError turned into a status here; anything else is a bug,
+logged with its traceback and reported as INTERNAL without taking the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from layerfleet.agent import tensors
+from layerfleet.controller import planner
+from layerfleet.controller.catalog import Catalog, check_upload
+from layerfleet.controller.deployer import Deployer
+from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.registry import DeploymentRecord, DeviceRecord, ModelRecord, Registry
+from layerfleet.controller.router import Router
+from layerfleet.v1 import controller_pb2, controller_pb2_grpc, tensor_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_MODEL_BYTES = 2 << 30
+
+
+def _unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"{method.__name__} failed inside the controller; "
+                                "see its log")
+        raise AssertionError("unreachable")
+    return wrapper
+
+
+def _streaming(method: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[T]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"{method.__name__} failed inside the controller; "
+                                "see its log")
+    return wrapper
+
+
+class EventBus:
+    """Wakes WatchEvents followers when the registry records an event."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def notify(self, *_: Any) -> None:
+        self._changed.set()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._changed.clear()
+
+
+class ControllerService(controller_pb2_grpc.ControllerServicer):
+    def __init__(self, registry: Registry, catalog: Catalog, deployer: Deployer,
+                 router: Router, events: EventBus) -> None:
+        self.registry = registry
+        self.catalog = catalog
+        self.deployer = deployer
+        self.router = router
+        self.events = events
+
+    # -- models -------------------------------------------------------------------------
+
+    @_unary
+    async def RegisterModel(self, request_iterator: AsyncIterator[controller_pb2.ModelUpload],
+                            context: grpc.aio.ServicerContext) -> controller_pb2.ModelInfo:
+        header: controller_pb2.ModelHeader | None = None
+        chunks: list[bytes] = []
+        size = 0
+        async for part in request_iterator:
+            if part.HasField("header"):
+                if header is not None:
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "model upload has two headers")
+                header = part.header
+            else:
+                if header is None:
+                    raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   "model upload must start with its header")
+                size += len(part.chunk)
+                if size > max(header.size_bytes, 0) or size > MAX_MODEL_BYTES:
+                    raise ApiError(grpc.StatusCode.DATA_LOSS,
+                                   f"upload longer than the declared {header.size_bytes} "
+                                   "bytes; nothing was registered")
+                chunks.append(part.chunk)
+        if header is None:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "empty model upload")
+        record = await self.catalog.register(check_upload(header, b"".join(chunks)))
+        self.events.notify()
+        return model_pb(record)
+
+    @_unary
+    async def ListModels(self, request: controller_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> controller_pb2.ListModelsReply:
+        return controller_pb2.ListModelsReply(models=[model_pb(m) for m in self.registry.models()])
+
+    # -- devices ------------------------------------------------------------------------
+
+    @_unary
+    async def ListDevices(self, request: controller_pb2.ListDevicesRequest,
+                          context: grpc.aio.ServicerContext) -> controller_pb2.ListDevicesReply:
+        return controller_pb2.ListDevicesReply(
+            devices=[device_pb(d) for d in self.registry.devices()])
+
+    # -- planning and deployments ---------------------------------------------------------
+
+    @_unary
+    async def Plan(self, request: controller_pb2.PlanRequest,
+                   context: grpc.aio.ServicerContext) -> controller_pb2.PlanReply:
+        record = self._model(request.model)
+        found, baselines, costs = planner.candidates(
+            record, self.registry.devices(), self.registry.links(),
+            objective=request.objective or "latency", sla_ms=request.sla_ms,
+            redundancy=request.redundancy or "none", top_k=request.top_k or 1)
+        return controller_pb2.PlanReply(
+            candidates=[planner.candidate_pb(p, costs) for p in found],
+            baselines=[planner.candidate_pb(p, costs) for p in baselines.values() if p])
+
+    @_streaming
+    async def Deploy(self, request: controller_pb2.DeployRequest,
+                     context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[controller_pb2.DeployProgress]:
+        async for progress in self.deployer.deploy(request):
+            self.events.notify()
+            yield progress
+
+    @_unary
+    async def ListDeployments(self, request: controller_pb2.ListDeploymentsRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> controller_pb2.ListDeploymentsReply:
+        return controller_pb2.ListDeploymentsReply(
+            deployments=[self._deployment_pb(d) for d in self.registry.deployments()])
+
+    @_unary
+    async def GetDeployment(self, request: controller_pb2.GetDeploymentRequest,
+                            context: grpc.aio.ServicerContext) -> controller_pb2.Deployment:
+        return self._deployment_pb(self._deployment(request.name))
+
+    @_unary
+    async def Undeploy(self, request: controller_pb2.UndeployRequest,
+                       context: grpc.aio.ServicerContext) -> controller_pb2.Deployment:
+        dep = self._deployment(request.name)
+        await self.deployer.undeploy(dep)
+        self.router.forget(dep.name)
+        self.events.notify()
+        return self._deployment_pb(self._deployment(request.name))
+
+    # -- inference ------------------------------------------------------------------------
+
+    @_unary
+    async def Infer(self, request: controller_pb2.InferCall,
+                    context: grpc.aio.ServicerContext) -> controller_pb2.InferResult:
+        return await self._infer(request)
+
+    async def InferStream(self, request_iterator: AsyncIterator[controller_pb2.InferCall],
+                          context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[controller_pb2.InferResult]:
+        # Requests run concurrently; a failed request answers with its own error fields and
+        # the stream carries on for the others.
+        results: asyncio.Queue[controller_pb2.InferResult | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(call: controller_pb2.InferCall) -> None:
+            try:
+                result = await self._infer(call)
+            except ApiError as exc:
+                result = controller_pb2.InferResult(request_id=call.request_id,
+                                                    error_code=exc.code.value[0],
+                                                    error=exc.message)
+            except Exception as exc:  # a bug: keep the stream alive for the other requests
+                log.exception("inference %s failed", call.request_id)
+                result = controller_pb2.InferResult(
+                    request_id=call.request_id, error_code=grpc.StatusCode.INTERNAL.value[0],
+                    error=f"internal error: {exc}")
+            await results.put(result)
+
+        async def read() -> None:
+            async for call in request_iterator:
+                task = asyncio.create_task(one(call))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(set(pending))
+            await results.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def _infer(self, call: controller_pb2.InferCall) -> controller_pb2.InferResult:
+        started = time.perf_counter()
+        try:
+            inputs = tensors.decode_many(call.tensors)
+        except tensors.TensorError as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        outcome = await self.router.infer(call.deployment, inputs)
+        return controller_pb2.InferResult(
+            request_id=call.request_id,
+            tensors=[tensors.encode(n, a) for n, a in outcome.outputs.items()],
+            hops=[controller_pb2.Hop(device=h.device, stage=h.stage, queue_s=h.queue_s,
+                                     compute_s=h.compute_s, forward_s=h.forward_s)
+                  for h in outcome.hops],
+            total_s=time.perf_counter() - started, exited_at_stage=outcome.exited_at_stage)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def WatchEvents(self, request: controller_pb2.WatchEventsRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[controller_pb2.Event]:
+        after = request.after_id
+        while True:
+            for e in self.registry.events(after_id=after):
+                after = e.id
+                yield controller_pb2.Event(id=e.id, time=e.time, kind=e.kind,
+                                           subject=e.subject, message=e.message)
+            if not request.follow:
+                return
+            await self.events.wait(timeout=1.0)
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def _deployment_pb(self, dep: DeploymentRecord) -> controller_pb2.Deployment:
+        return deployment_pb(dep, {d.id: d.state for d in self.registry.devices()})
+
+    def _model(self, name: str) -> ModelRecord:
+        record = self.registry.model(name)
+        if record is None:
+            raise not_found("model", name, [m.name for m in self.registry.models()])
+        return record
+
+    def _deployment(self, name: str) -> DeploymentRecord:
+        dep = self.registry.deployment(name)
+        if dep is None:
+            raise not_found("deployment", name,
+                            [d.name for d in self.registry.deployments()])
+        return dep
+
+
+# -- record -> message ----------------------------------------------------------------------
+
+def _specs(items: list[dict[str, Any]]) -> list[tensor_pb2.TensorSpec]:
+    out = []
+    for t in items:
+        try:
+            code = tensors.dtype_code(t["dtype"])
+        except tensors.TensorError:
+            code = tensor_pb2.DTYPE_UNSPECIFIED
+        out.append(tensor_pb2.TensorSpec(name=t["name"], dtype=code, shape=t["shape"]))
+    return out
+
+
+def model_pb(m: ModelRecord) -> controller_pb2.ModelInfo:
+    return controller_pb2.ModelInfo(
+        name=m.name, digest=m.digest, source=m.source, layers=m.layers, flops=m.flops,
+        param_bytes=m.param_bytes, inputs=_specs(m.inputs), outputs=_specs(m.outputs),
+        created_at=m.created_at)
+
+
+def device_pb(d: DeviceRecord) -> controller_pb2.DeviceStatus:
+    return controller_pb2.DeviceStatus(
+        id=d.id, address=d.address, hostname=d.hostname, arch=d.arch, cores=d.cores,
+        memory_bytes=d.memory_bytes, runtime=d.runtime, version=d.version, state=d.state,
+        found_by=d.found_by, flops_per_s=d.flops_per_s, link_bandwidth_Bps=d.link_bandwidth_Bps,
+        link_rtt_s=d.link_rtt_s, last_seen=d.last_seen, power_w=d.power_w,
+        energy_method=d.energy_method, cpu_percent=d.cpu_percent,
+        memory_available=d.memory_available)
+
+
+def deployment_pb(d: DeploymentRecord, device_states: dict[str, str]
+                  ) -> controller_pb2.Deployment:
+    plan = json_format.ParseDict(d.plan.get("candidate", {}), controller_pb2.Candidate())
+    return controller_pb2.Deployment(
+        name=d.name, model=d.model, state=d.state, error=d.error,
+        stages=[controller_pb2.StageStatus(
+            stage=s.stage, start=s.start, stop=s.stop, device=s.device, address=s.address,
+            replicas=s.replicas, shard_sha256=s.shard_sha256, shard_bytes=s.shard_bytes,
+            state="ready" if device_states.get(s.device) == "up" else "down")
+            for s in d.stages],
+        plan=plan, inputs=_specs(d.plan.get("inputs", [])),
+        outputs=_specs(d.plan.get("outputs", [])),
+        created_at=d.created_at, updated_at=d.updated_at)

@@ -1,0 +1,156 @@
+"""Model intake: an upload or an architecture name becomes a stored, profiled ModelRecord.
+
+Uploaded bytes are checked (size, sha256) before anything is written; the file is stored
+under `models/<sha256>/` by atomic rename, loaded with the partitioner and profiled. A
+keras.applications model is built once (weights=None, random init) and saved as .keras, so
+every later split of it uses the same weights. TensorFlow work runs in a worker thread: the
+event loop keeps serving while a model loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from layerfleet.controller.errors import ApiError
+from layerfleet.controller.registry import ModelRecord, Registry
+from layerfleet.v1 import controller_pb2
+
+_SUFFIX = {controller_pb2.KERAS: ".keras", controller_pb2.H5: ".h5"}
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What a RegisterModel call asked for, validated."""
+
+    name: str
+    format: int
+    builtin: str
+    input_shape: tuple[int, ...] | None
+    data: bytes
+
+
+def check_upload(header: controller_pb2.ModelHeader, data: bytes) -> Intake:
+    """Validate an upload before anything touches the disk (DATA_LOSS / INVALID_ARGUMENT)."""
+    fmt = header.format
+    if fmt == controller_pb2.MODEL_FORMAT_UNSPECIFIED:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "model format missing: KERAS, H5, SAVEDMODEL_TAR or BUILTIN")
+    if fmt == controller_pb2.BUILTIN:
+        if not header.builtin:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "format BUILTIN needs an architecture name, e.g. MobileNetV2")
+        if data:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "format BUILTIN takes no uploaded bytes")
+    else:
+        if len(data) != header.size_bytes:
+            raise ApiError(grpc.StatusCode.DATA_LOSS,
+                           f"upload truncated: received {len(data)} of {header.size_bytes} "
+                           f"bytes; nothing was registered")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != header.sha256:
+            raise ApiError(grpc.StatusCode.DATA_LOSS,
+                           f"upload corrupt: sha256 {digest[:12]}... does not match the "
+                           f"declared {header.sha256[:12]}...; nothing was registered")
+    name = header.name or header.builtin
+    if not name:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "a model name is needed for an upload")
+    if any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"model name {name!r} may not contain '/', '\\' or start with '.'")
+    shape = tuple(int(d) for d in header.input_shape) or None
+    if shape and any(d <= 0 for d in shape):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input shape {list(shape)} must be all positive")
+    return Intake(name, fmt, header.builtin, shape, data)
+
+
+class Catalog:
+    def __init__(self, registry: Registry, models_dir: Path) -> None:
+        self.registry = registry
+        self.models_dir = models_dir
+        models_dir.mkdir(parents=True, exist_ok=True)
+
+    async def register(self, intake: Intake) -> ModelRecord:
+        record = await asyncio.to_thread(self._register_blocking, intake)
+        self.registry.add_model(record)
+        return record
+
+    def _register_blocking(self, intake: Intake) -> ModelRecord:
+        from layerfleet.controller.partition import (
+            PartitionError,
+            load_model,
+            model_digest,
+            profile_model,
+        )
+
+        staging = Path(tempfile.mkdtemp(prefix=".intake-", dir=self.models_dir))
+        try:
+            spec, source = self._stage(intake, staging)
+            try:
+                model = load_model(spec, input_shape=intake.input_shape)
+                profile = profile_model(model)
+            except PartitionError as exc:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"model {intake.name!r} cannot be partitioned: {exc}") from None
+            except (OSError, ValueError) as exc:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"model {intake.name!r} could not be loaded: {exc}") from None
+            digest = model_digest(model)
+            final = self.models_dir / digest
+            if intake.format == controller_pb2.BUILTIN:
+                model.save(staging / "model.keras")  # freeze the random init once
+                spec = str(staging / "model.keras")
+            stored = Path(spec).relative_to(staging)
+            target = final / stored
+            if not target.exists():  # same digest stored before: keep the first copy
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / stored, target)
+            return ModelRecord(
+                name=intake.name, digest=digest, source=source, path=str(target),
+                input_shape=list(intake.input_shape or ()), profile=profile.to_dict(),
+                inputs=[_spec(t) for t in model.inputs], outputs=[_spec(t) for t in model.outputs],
+                layers=len(profile.layers), flops=sum(l.flops for l in profile.layers),
+                param_bytes=sum(l.param_bytes for l in profile.layers), created_at=time.time())
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage(self, intake: Intake, staging: Path) -> tuple[str, str]:
+        """Write the upload into the staging directory; return (load spec, source label)."""
+        if intake.format == controller_pb2.BUILTIN:
+            return intake.builtin, f"builtin:{intake.builtin}"
+        if intake.format == controller_pb2.SAVEDMODEL_TAR:
+            target = staging / "savedmodel"
+            try:
+                with tarfile.open(fileobj=io.BytesIO(intake.data), mode="r:") as tar:
+                    tar.extractall(target, filter="data")  # refuses absolute paths, links out
+            except (tarfile.TarError, OSError) as exc:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"SavedModel upload is not a readable tar: {exc}") from None
+            roots = [p.parent for p in target.rglob("saved_model.pb")]
+            if len(roots) != 1:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "SavedModel tar must hold exactly one saved_model.pb")
+            return str(roots[0]), "upload:savedmodel"
+        path = staging / f"model{_SUFFIX[intake.format]}"
+        path.write_bytes(intake.data)
+        return str(path), f"upload:{path.suffix.lstrip('.')}"
+
+
+def _spec(tensor: Any) -> dict[str, Any]:
+    dtype = getattr(tensor, "dtype", "float32")
+    return {"name": str(getattr(tensor, "name", "")),
+            "dtype": str(getattr(dtype, "name", dtype)),
+            "shape": [int(d) if d is not None else -1 for d in tensor.shape]}

@@ -1,0 +1,245 @@
+"""Deploy: plan -> convert -> upload -> route -> activate, with progress; roll back on failure.
+
+A deployment is recorded as `deploying` before any agent is touched and switched to `active`
+in one transaction only when every stage is ready, so a controller killed in the middle
+leaves a `deploying` row that `recover()` marks failed at the next start (and the agents'
+routes for it are removed). Routes are set from the last stage back to the first, so no
+stage ever forwards to a hop that does not know the deployment yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from layerfleet.agent.client import AgentError
+from layerfleet.controller import planner
+from layerfleet.controller.agents import AgentPool
+from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.registry import DeploymentRecord, ModelRecord, Registry, StageRecord
+from layerfleet.v1 import controller_pb2
+
+log = logging.getLogger(__name__)
+
+# Share of the progress bar each phase ends at.
+_PLAN, _CONVERT, _UPLOAD, _ROUTE = 0.05, 0.35, 0.85, 0.95
+ACTIVE_STATES = ("deploying", "active", "degraded")
+
+
+class StageFailure(Exception):
+    def __init__(self, stage: int, device: str, address: str, action: str, error: str) -> None:
+        super().__init__(f"stage {stage} on {device} ({address}): {action} failed: {error}")
+        self.code = grpc.StatusCode.UNAVAILABLE
+
+
+class Deployer:
+    def __init__(self, registry: Registry, agents: AgentPool, deployments_dir: Path,
+                 cache_dir: Path | None = None) -> None:
+        self.registry = registry
+        self.agents = agents
+        self.deployments_dir = deployments_dir
+        self.cache_dir = cache_dir
+        deployments_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = asyncio.Lock()  # one deploy at a time: conversions share the CPU anyway
+
+    async def deploy(self, req: controller_pb2.DeployRequest
+                     ) -> AsyncIterator[controller_pb2.DeployProgress]:
+        model = self.registry.model(req.model)
+        if model is None:
+            raise not_found("model", req.model, [m.name for m in self.registry.models()])
+        name = req.name or req.model
+        existing = self.registry.deployment(name)
+        if existing is not None and existing.state in ACTIVE_STATES:
+            raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
+                           f"deployment {name} is {existing.state}: undeploy it first "
+                           f"or deploy under another --name")
+
+        def progress(phase: str, message: str, fraction: float) -> controller_pb2.DeployProgress:
+            return controller_pb2.DeployProgress(deployment=name, phase=phase, message=message,
+                                                 fraction=fraction)
+
+        async with self._lock:
+            found, _, costs = planner.candidates(
+                model, self.registry.devices(), self.registry.links(),
+                objective=req.objective or "latency", sla_ms=req.sla_ms,
+                redundancy=req.redundancy or "none", top_k=max(req.plan + 1, 1))
+            if req.plan >= len(found):
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"plan {req.plan} does not exist: only {len(found)} candidate(s)")
+            placement = found[req.plan]
+            candidate = planner.candidate_pb(placement, costs)
+            devices = {d.id: d for d in self.registry.devices()}
+            dep = DeploymentRecord(
+                name=name, model=model.name, state="deploying",
+                plan={"candidate": json_format.MessageToDict(
+                          candidate, preserving_proto_field_name=True),
+                      "placement": placement.to_dict()},
+                stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
+                                    replicas=list(s.replicas))
+                        for i, s in enumerate(placement.stages)])
+            self.registry.save_deployment(dep, event=(
+                "deploy.started", f"{len(dep.stages)} stages on "
+                f"{', '.join(s.device for s in dep.stages)}"))
+            yield progress("plan", f"{len(dep.stages)} stages, predicted "
+                           f"{candidate.latency_s * 1000:.1f} ms", _PLAN)
+            try:
+                async for step in self._roll_out(dep, model, placement.cuts, progress):
+                    yield step
+            except (StageFailure, ApiError, AgentError, OSError, ValueError) as exc:
+                message = str(exc)
+                await self._remove_routes(dep)
+                self.registry.set_deployment_state(name, "failed", message,
+                                                   event=("deploy.failed", message))
+                yield progress("failed", message, 1.0)
+                raise ApiError(_status_of(exc),
+                               f"deploy {name} failed and was rolled back: {message}") from None
+            yield progress("done", f"{name} is active", 1.0)
+
+    async def _roll_out(self, dep: DeploymentRecord, model: ModelRecord, cuts: list[int],
+                        progress: Any) -> AsyncIterator[controller_pb2.DeployProgress]:
+        yield progress("convert", f"splitting {model.name} at {cuts or 'no cut'}", _PLAN)
+        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, dep.name)
+        yield progress("convert", f"{len(manifest.shards)} shards ready", _CONVERT)
+
+        devices = {d.id: d for d in self.registry.devices()}
+        targets = [(stage, shard, device_id)
+                   for stage, shard in zip(dep.stages, manifest.shards)
+                   for device_id in [stage.device, *stage.replicas]]
+        total = sum(shard.size_bytes for _, shard, _ in targets) or 1
+        done = 0
+        for stage, shard, device_id in targets:
+            address = devices[device_id].address
+            data = (shard_dir / shard.file).read_bytes()
+            try:
+                digest = await self.agents.get(address).upload_shard(data)
+            except AgentError as exc:
+                raise StageFailure(stage.stage, device_id, address, "upload", exc.message) from None
+            if digest != shard.sha256:
+                raise StageFailure(stage.stage, device_id, address, "upload",
+                                   f"agent stored sha256 {digest[:12]}, expected "
+                                   f"{shard.sha256[:12]}")
+            stage.shard_sha256, stage.shard_bytes = shard.sha256, shard.size_bytes
+            done += shard.size_bytes
+            yield progress("upload", f"stage {stage.stage} -> {device_id} "
+                           f"({shard.size_bytes / 1e6:.1f} MB)",
+                           _CONVERT + (_UPLOAD - _CONVERT) * done / total)
+
+        for stage in reversed(dep.stages):
+            await self._set_routes(dep, stage, devices)
+        yield progress("route", "routes set on every stage", _ROUTE)
+
+        dep.state = "active"
+        dep.manifest_dir = str(shard_dir)
+        dep.plan["inputs"] = [_info(t) for t in manifest.inputs]
+        dep.plan["outputs"] = [_info(t) for t in manifest.outputs]
+        self.registry.save_deployment(dep, event=("deploy.active", "every stage is ready"))
+
+    async def _set_routes(self, dep: DeploymentRecord, stage: StageRecord,
+                          devices: dict[str, Any]) -> None:
+        following = dep.stages[stage.stage + 1] if stage.stage + 1 < len(dep.stages) else None
+        next_hops = ([following.address] + [devices[r].address for r in following.replicas]
+                     if following else [])
+        for device_id in [stage.device, *stage.replicas]:
+            address = devices[device_id].address
+            try:
+                await self.agents.get(address).set_route(
+                    deployment=dep.name, stage=stage.stage, shard_sha256=stage.shard_sha256,
+                    next_hops=next_hops)
+            except AgentError as exc:
+                raise StageFailure(stage.stage, device_id, address, "route", exc.message) from None
+
+    def _split(self, model: ModelRecord, cuts: list[int], name: str) -> tuple[Any, Path]:
+        """Convert the segments (partitioner cache) into a fresh directory, atomically."""
+        from layerfleet.controller.partition import load_model, split_model
+
+        keras_model = load_model(model.path, input_shape=tuple(model.input_shape) or None)
+        target = self.deployments_dir / name
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.deployments_dir))
+        try:
+            manifest = split_model(keras_model, cuts, staging, cache_dir=self.cache_dir)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return manifest, target
+
+    async def undeploy(self, dep: DeploymentRecord) -> None:
+        await self._remove_routes(dep)
+        self.registry.set_deployment_state(dep.name, "undeployed",
+                                           event=("deploy.undeployed", "routes removed"))
+
+    async def _remove_routes(self, dep: DeploymentRecord) -> None:
+        """Best effort: a device that is down has lost its routes already or will on restart."""
+        addresses = {d.id: d.address for d in self.registry.devices()}
+        for stage in dep.stages:
+            for device_id in [stage.device, *stage.replicas]:
+                address = addresses.get(device_id, stage.address)
+                try:
+                    await asyncio.wait_for(
+                        self.agents.get(address).remove_route(dep.name, stage.stage), 5)
+                except (AgentError, TimeoutError) as exc:
+                    log.info("could not remove route %s/%d on %s: %s", dep.name, stage.stage,
+                             device_id, exc)
+
+    async def recover(self) -> None:
+        """At start: a deploy the previous controller did not finish is failed and cleaned."""
+        for dep in self.registry.deployments():
+            if dep.state == "deploying":
+                reason = "interrupted: the controller stopped during the deploy; deploy again"
+                await self._remove_routes(dep)
+                self.registry.set_deployment_state(dep.name, "failed", reason,
+                                                   event=("deploy.failed", reason))
+
+    async def restore_device(self, device_id: str) -> None:
+        """A device came (back) up: give it back the routes (and shards) it should hold."""
+        devices = {d.id: d for d in self.registry.devices()}
+        for dep in self.registry.deployments():
+            if dep.state not in ("active", "degraded"):
+                continue
+            stages = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
+            if not stages:
+                continue
+            client = self.agents.get(devices[device_id].address)
+            try:
+                held = set(await client.list_shards())
+                for stage in stages:
+                    if stage.shard_sha256 not in held:
+                        shard_path = _shard_file(dep, stage)
+                        await client.upload_shard(shard_path.read_bytes())
+                    await self._set_routes(dep, stage, devices)
+            except (AgentError, StageFailure, OSError) as exc:
+                log.warning("could not restore %s on %s: %s", dep.name, device_id, exc)
+                continue
+            if dep.state == "degraded" and all(
+                    devices[d].state == "up" for s in dep.stages for d in [s.device]):
+                self.registry.set_deployment_state(
+                    dep.name, "active", event=("deploy.active", f"{device_id} is back"))
+
+
+def _status_of(exc: Exception) -> grpc.StatusCode:
+    code = getattr(exc, "code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(exc, ValueError):  # the partitioner refused the model or the cut
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+def _shard_file(dep: DeploymentRecord, stage: StageRecord) -> Path:
+    from layerfleet.controller.partition.manifest import Manifest
+
+    manifest = Manifest.load(Path(dep.manifest_dir))
+    return Path(dep.manifest_dir) / manifest.shards[stage.stage].file
+
+
+def _info(t: Any) -> dict[str, Any]:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}

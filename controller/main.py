@@ -1,0 +1,218 @@
+"""`layerfleet-controller`: the daemon on the cloud VM (wiring only).
+
+    layerfleet-controller [serve] [--listen ADDR] [--state-dir DIR] [--insecure] [--no-mdns]
+    layerfleet-controller token create [--label TEXT]
+
+One asyncio event loop: the gRPC server (Controller + Fleet + health + reflection), the
+liveness sweep and the mDNS browser. SIGTERM: health NOT_SERVING, in-flight calls get a
+grace period, then everything stops. TensorFlow is imported only when a model is
+registered or deployed, so the daemon starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from layerfleet.agent import transport
+from layerfleet.controller.agents import AgentPool
+from layerfleet.controller.api import ControllerService, EventBus
+from layerfleet.controller.catalog import Catalog
+from layerfleet.controller.deployer import Deployer
+from layerfleet.controller.discovery import Discovery, FleetService
+from layerfleet.controller.registry import Registry
+from layerfleet.controller.router import Router
+from layerfleet.v1 import controller_pb2, controller_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger("layerfleet.controller")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DEFAULT_LISTEN = "127.0.0.1:50050"
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+def default_state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; otherwise the XDG state home.
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "layerfleet-controller"
+
+
+@dataclass
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    state_dir: Path | None = None
+    db: Path | None = None
+    cache_dir: Path | None = None
+    insecure: bool = False
+    mdns: bool = True
+    heartbeat_interval_s: float = 2.0
+    calibrate: bool = True
+
+
+class ControllerServer:
+    """The whole daemon as an object tests can start and stop on loopback."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        state = settings.state_dir or default_state_dir()
+        state.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(settings.db or state / "controller.db")
+        self.agents = AgentPool()
+        self.events = EventBus()
+        self.catalog = Catalog(self.registry, state / "models")
+        self.deployer = Deployer(self.registry, self.agents, state / "deployments",
+                                 settings.cache_dir or state / "shard-cache")
+        self.router = Router(self.registry, self.agents)
+        self.discovery = Discovery(self.registry, self.agents, on_up=self._device_up,
+                                   heartbeat_interval_s=settings.heartbeat_interval_s,
+                                   calibrate_devices=settings.calibrate)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
+            health.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._liveness: asyncio.Task[None] | None = None
+
+    async def _device_up(self, device_id: str) -> None:
+        await self.deployer.restore_device(device_id)
+        for dep in self.registry.deployments():
+            self.router.forget(dep.name)
+        self.events.notify()
+
+    async def start(self) -> int:
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        controller_pb2_grpc.add_ControllerServicer_to_server(
+            ControllerService(self.registry, self.catalog, self.deployer, self.router,
+                              self.events), self.server)
+        fleet_pb2_grpc.add_FleetServicer_to_server(
+            FleetService(self.registry, self.discovery), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
+                 fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name,
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        self.port = transport.add_port(self.server, self.settings.listen,
+                                       insecure=self.settings.insecure)
+        await self.server.start()
+        await self.deployer.recover()
+        for name in ("", "layerfleet.v1.Controller"):
+            await _set_health(self.health, name, health_pb2.HealthCheckResponse.SERVING)
+        self._liveness = asyncio.create_task(self.discovery.run())
+        if self.settings.mdns:
+            try:
+                await self.discovery.start_mdns()
+            except OSError as exc:  # no multicast-capable interface: join still works
+                log.warning("mDNS browsing is off: %s", exc)
+        self.registry.add_event("controller.started", self.address, "serving")
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        for name in ("", "layerfleet.v1.Controller"):
+            await _set_health(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._liveness is not None:
+            self._liveness.cancel()
+        await self.discovery.stop()
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        await self.agents.close()
+        self.registry.close()
+
+
+async def _set_health(servicer: object, name: str, status: int) -> None:
+    result = servicer.set(name, status)  # type: ignore[attr-defined]
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def serve(settings: Settings) -> None:
+    server = ControllerServer(settings)
+    port = await server.start()
+    print(f"layerfleet-controller serving on {server.address}", file=sys.stderr, flush=True)
+    log.info("serving on port %d", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerfleet-controller",
+        description="The layerfleet controller: registry, discovery, placement, deployment "
+                    "and the client API over gRPC.")
+    sub = parser.add_subparsers(dest="command")
+    serve_p = sub.add_parser("serve", help="Run the daemon (the default).")
+    token_p = sub.add_parser("token", help="Manage join tokens for agents off this LAN.")
+    token_sub = token_p.add_subparsers(dest="token_command", required=True)
+    create_p = token_sub.add_parser("create", help="Print a new join token.")
+    create_p.add_argument("--label", default="", help="What the token is for.")
+    for p in (parser, serve_p, create_p):
+        p.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                       help="State directory (default $STATE_DIRECTORY or "
+                            "~/.local/state/layerfleet-controller).")
+        p.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                       help="SQLite registry file (default STATE_DIR/controller.db).")
+    for p in (parser, serve_p):
+        p.add_argument("--listen", default=argparse.SUPPRESS,
+                       help=f"gRPC address to listen on (default {DEFAULT_LISTEN}).")
+        p.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
+                       help="Allow a non-loopback --listen without TLS (until mutual TLS "
+                            "lands: only on a network you trust).")
+        p.add_argument("--no-mdns", action="store_true", default=argparse.SUPPRESS,
+                       help="Do not browse mDNS for agents (joined agents still work).")
+        p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS,
+                       help="Conversion cache (default STATE_DIR/shard-cache).")
+        p.add_argument("--heartbeat", type=float, default=argparse.SUPPRESS,
+                       help="Seconds between agent heartbeats; down after 3 missed (2).")
+        p.add_argument("--log-level", default=argparse.SUPPRESS,
+                       choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    logging.basicConfig(level=args.get("log_level", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir = args.get("state_dir") or default_state_dir()
+    if args.get("command") == "token":
+        registry = Registry(args.get("db") or state_dir / "controller.db")
+        print(registry.create_token(args.get("label", "")))
+        registry.close()
+        return 0
+    settings = Settings(
+        listen=args.get("listen", DEFAULT_LISTEN), state_dir=state_dir, db=args.get("db"),
+        cache_dir=args.get("cache_dir"), insecure=args.get("insecure", False),
+        mdns=not args.get("no_mdns", False),
+        heartbeat_interval_s=args.get("heartbeat", 2.0))
+    try:
+        asyncio.run(serve(settings))
+    except transport.InsecureListen as exc:
+        print(f"layerfleet-controller: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"layerfleet-controller: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The entry point of each inference request that comes through the controller.
+
+Inputs are checked against the deployment's first shard before anything reaches an agent
+(INVALID_ARGUMENT names expected and received). The request goes to the stage-0 device, or
+to the replica with the fewest requests outstanding; the agents pass it down the chain and
+the result comes back up the same streams (docs/agent.md). A dead entry hop marks the
+deployment degraded and the caller gets UNAVAILABLE naming the device.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from layerfleet.agent.client import AgentError
+from layerfleet.controller.agents import AgentPool
+from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.registry import DeploymentRecord, Registry
+
+SERVING_STATES = ("active", "degraded")
+
+
+@dataclass(frozen=True, slots=True)
+class HopTime:
+    device: str
+    stage: int
+    queue_s: float
+    compute_s: float
+    forward_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    outputs: dict[str, np.ndarray]
+    hops: list[HopTime] = field(default_factory=list)
+    exited_at_stage: int = -1
+
+
+def bind_inputs(inputs: Mapping[str, np.ndarray], expected: list[dict]) -> dict[str, np.ndarray]:
+    """Match the caller's tensors to the deployment's inputs, or say exactly what is wrong.
+
+    A single nameless tensor binds to a single-input model; otherwise names must match.
+    """
+    if len(expected) == 1 and len(inputs) == 1:
+        (value,) = inputs.values()
+        bound = {expected[0]["name"]: value}
+    else:
+        bound = dict(inputs)
+    want = {e["name"]: e for e in expected}
+    if set(bound) != set(want):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"expected inputs {_describe(expected)}, received "
+                       f"{sorted(inputs)}")
+    for name, arr in bound.items():
+        spec = want[name]
+        if arr.dtype.name != spec["dtype"] or list(arr.shape) != list(spec["shape"]):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {name}: expected {spec['dtype']}{list(spec['shape'])}, "
+                           f"received {arr.dtype.name}{list(arr.shape)}")
+    return bound
+
+
+def _describe(specs: list[dict]) -> str:
+    return ", ".join(f"{s['name']} {s['dtype']}{list(s['shape'])}" for s in specs)
+
+
+class Router:
+    def __init__(self, registry: Registry, agents: AgentPool) -> None:
+        self.registry = registry
+        self.agents = agents
+        self._cache: dict[str, DeploymentRecord] = {}
+        self._outstanding: Counter[str] = Counter()
+
+    def forget(self, name: str) -> None:
+        """Drop the cached deployment (after undeploy, redeploy or a state change)."""
+        self._cache.pop(name, None)
+
+    def _deployment(self, name: str) -> DeploymentRecord:
+        dep = self._cache.get(name)
+        if dep is None:
+            dep = self.registry.deployment(name)
+            if dep is None or dep.state == "undeployed":
+                raise not_found("deployment", name,
+                                [d.name for d in self.registry.deployments()])
+            if dep.state in SERVING_STATES:
+                self._cache[name] = dep
+        if dep.state not in SERVING_STATES:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"deployment {name} is {dep.state}"
+                           + (f": {dep.error}" if dep.error else ""))
+        return dep
+
+    async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
+        dep = self._deployment(name)
+        bound = bind_inputs(inputs, dep.plan.get("inputs", []))
+        device, address = self._entry(dep)
+        self._outstanding[address] += 1
+        try:
+            result = await self.agents.get(address).infer(name, bound, stage=0)
+        except AgentError as exc:
+            if exc.code == grpc.StatusCode.UNAVAILABLE:
+                self._degrade(dep, f"stage 0 on {device} ({address}) unreachable: {exc.message}")
+            raise ApiError(exc.code, f"deployment {name}: {exc.message}") from None
+        finally:
+            self._outstanding[address] -= 1
+        return Outcome(
+            outputs=dict(result.outputs),
+            hops=[HopTime(h.device_id, h.stage, h.queue_s, h.compute_s, h.forward_s)
+                  for h in result.hops],
+            exited_at_stage=result.exited_at_stage)
+
+    def _entry(self, dep: DeploymentRecord) -> tuple[str, str]:
+        """The stage-0 device to use: the up replica with the fewest requests outstanding."""
+        entry = dep.stages[0]
+        choices = [(entry.device, entry.address)]
+        for replica in entry.replicas:
+            record = self.registry.device(replica)
+            if record is not None and record.state == "up":
+                choices.append((replica, record.address))
+        return min(choices, key=lambda c: self._outstanding[c[1]])
+
+    def _degrade(self, dep: DeploymentRecord, reason: str) -> None:
+        if dep.state == "active":
+            self.registry.set_deployment_state(dep.name, "degraded", reason,
+                                               event=("deploy.degraded", reason))
+        self.forget(dep.name)
