@@ -48,12 +48,13 @@ class InferOutcome:
         return next(iter(self.outputs.values()))
 
 
-def _api_error(exc: grpc.RpcError) -> ApiError:
+def _api_error(exc: grpc.RpcError, address: str = "") -> ApiError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
-        details = f"controller unreachable: {details}"
-    return ApiError(code, details or code.name)
+    details = (exc.details() if hasattr(exc, "details") else str(exc)) or code.name
+    port = address.rsplit(":", 1)[-1]
+    if code == grpc.StatusCode.UNAVAILABLE and f":{port}" in details and "connect" in details:
+        details = f"controller {address} unreachable: {details}"  # not a relayed hop error
+    return ApiError(code, details)
 
 
 class ControllerClient:
@@ -78,7 +79,7 @@ class ControllerClient:
         try:
             return method(request, timeout=timeout or self.timeout_s)
         except grpc.RpcError as exc:
-            raise _api_error(exc) from None
+            raise _api_error(exc, self.address) from None
 
     # -- models -------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class ControllerClient:
         try:
             yield from self._stub.Deploy(request, timeout=max(self.timeout_s, 1800))
         except grpc.RpcError as exc:
-            raise _api_error(exc) from None
+            raise _api_error(exc, self.address) from None
 
     def deployments(self) -> list[controller_pb2.Deployment]:
         return list(self._call(self._stub.ListDeployments,
@@ -176,7 +177,7 @@ class ControllerClient:
                     raise ApiError(_status_code(reply.error_code), reply.error)
                 by_id[reply.request_id] = _outcome(reply)
         except grpc.RpcError as exc:
-            raise _api_error(exc) from None
+            raise _api_error(exc, self.address) from None
         return [by_id[c.request_id] for c in calls]
 
     def _infer_call(self, deployment: str, inputs: np.ndarray | Mapping[str, np.ndarray]
@@ -201,7 +202,7 @@ class ControllerClient:
                 controller_pb2.WatchEventsRequest(after_id=after_id, follow=follow),
                 timeout=None if follow else self.timeout_s)
         except grpc.RpcError as exc:
-            raise _api_error(exc) from None
+            raise _api_error(exc, self.address) from None
 
 
 def _status_code(value: int) -> grpc.StatusCode:

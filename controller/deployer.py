@@ -200,29 +200,37 @@ class Deployer:
                                                    event=("deploy.failed", reason))
 
     async def restore_device(self, device_id: str) -> None:
-        """A device came (back) up: give it back the routes (and shards) it should hold."""
+        """A device came (back) up: give it back its shards and routes, and point every
+        stage of its deployments at its current address (it may have a new port)."""
         devices = {d.id: d for d in self.registry.devices()}
         for dep in self.registry.deployments():
             if dep.state not in ("active", "degraded"):
                 continue
-            stages = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
-            if not stages:
+            mine = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
+            if not mine:
                 continue
             client = self.agents.get(devices[device_id].address)
             try:
                 held = set(await client.list_shards())
-                for stage in stages:
+                for stage in mine:
                     if stage.shard_sha256 not in held:
-                        shard_path = _shard_file(dep, stage)
-                        await client.upload_shard(shard_path.read_bytes())
-                    await self._set_routes(dep, stage, devices)
+                        await client.upload_shard(_shard_file(dep, stage).read_bytes())
+                for stage in dep.stages:
+                    stage.address = devices[stage.device].address
+                for stage in reversed(dep.stages):
+                    if all(devices[d].state == "up" for d in [stage.device, *stage.replicas]):
+                        await self._set_routes(dep, stage, devices)
             except (AgentError, StageFailure, OSError) as exc:
                 log.warning("could not restore %s on %s: %s", dep.name, device_id, exc)
                 continue
-            if dep.state == "degraded" and all(
-                    devices[d].state == "up" for s in dep.stages for d in [s.device]):
-                self.registry.set_deployment_state(
-                    dep.name, "active", event=("deploy.active", f"{device_id} is back"))
+            everyone_up = all(devices[d].state == "up"
+                              for s in dep.stages for d in [s.device, *s.replicas])
+            if dep.state == "degraded" and everyone_up:
+                dep.state, dep.error = "active", ""
+                self.registry.save_deployment(dep, event=("deploy.active",
+                                                          f"{device_id} is back"))
+            else:
+                self.registry.save_deployment(dep)
 
 
 def _status_of(exc: Exception) -> grpc.StatusCode:

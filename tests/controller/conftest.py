@@ -1,0 +1,81 @@
+"""A real controller and real agents on loopback, joined with a token like agents off the
+controller's LAN."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from layerfleet.agent.main import AgentServer, Settings
+from layerfleet.controller.client import ControllerClient
+from layerfleet.controller.main import ControllerServer
+from layerfleet.controller.main import Settings as ControllerSettings
+
+
+@dataclass
+class LocalFleet:
+    controller: ControllerServer
+    agents: list[AgentServer]
+    token: str
+    root: Path
+
+    def client(self) -> ControllerClient:
+        return ControllerClient(self.controller.address)
+
+    async def add_agent(self, name: str) -> AgentServer:
+        agent = AgentServer(Settings(listen="127.0.0.1:0", state_dir=str(self.root / name),
+                                     mdns=False, threads=1, controller=self.controller.address,
+                                     join_token=self.token, grace_s=1.0))
+        await agent.start()
+        self.agents.append(agent)
+        return agent
+
+    async def wait_devices(self, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            up = [d for d in self.controller.registry.devices()
+                  if d.state == "up" and d.flops_per_s > 0]
+            if len(up) >= n:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{n} devices did not come up")
+
+
+async def start_controller(root: Path) -> ControllerServer:
+    server = ControllerServer(ControllerSettings(
+        listen="127.0.0.1:0", state_dir=root / "controller", mdns=False,
+        heartbeat_interval_s=0.3, cache_dir=root / "cache"))
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def fleet(tmp_path):
+    controller = await start_controller(tmp_path)
+    token = controller.registry.create_token("tests")
+    fleet = LocalFleet(controller, [], token, tmp_path)
+    for i in range(3):
+        await fleet.add_agent(f"agent-{i}")
+    await fleet.wait_devices(3)
+    yield fleet
+    for agent in fleet.agents:
+        await agent.stop(grace_s=0)
+    await fleet.controller.stop(grace_s=0)
+
+
+def save_small_model(path: Path, seed: int = 0) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 1), name="pixels")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    out = keras.layers.Dense(10, activation="softmax", name="probs")(x)
+    keras.Model(inp, out, name="small").save(path)
+    return path
