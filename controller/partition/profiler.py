@@ -71,7 +71,7 @@ def profile_graph(graph: LayerGraph, name: str, digest: str) -> ModelProfile:
         if id(layer) not in seen_layers:
             seen_layers.add(id(layer))
             params = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
-                         for w in layer.weights)
+                         for w in getattr(layer, "weights", []))
         in_shapes = [tuple(t.shape) for t in node.input_tensors]
         out_shapes = [tuple(t.shape) for t in node.outputs]
         layers.append(LayerCost(

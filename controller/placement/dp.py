@@ -81,10 +81,15 @@ def _tables(costs: ModelCosts, fleet: Fleet, positions: list[int]) -> _Tables:
     pos = np.asarray(positions)
     P = len(pos)
     flops = np.array([costs.range_flops(0, p) for p in pos])
+    # range_memory for every pair of positions, vectorised (same formula as ModelCosts).
+    params = np.concatenate([[0.0], np.cumsum(np.asarray(costs.param_bytes, dtype=float))])
+    acts = np.asarray(costs.activation_bytes, dtype=float)
+    cut = np.asarray(costs.cut_bytes, dtype=float)
     mem = np.full((P, P), np.inf)
-    for i in range(P):
-        for j in range(i + 1, P):
-            mem[i, j] = costs.range_memory(int(pos[i]), int(pos[j]))
+    for i in range(P - 1):
+        inner = np.maximum.accumulate(acts[pos[i]:])[pos[i + 1:] - pos[i] - 1]
+        mem[i, i + 1:] = (params[pos[i + 1:]] - params[pos[i]] + cut[pos[i]] + cut[pos[i + 1:]]
+                          + 2 * inner)
     compute = np.empty((len(fleet.devices), P, P))
     span = flops[None, :] - flops[:, None]
     for k, d in enumerate(fleet.devices):
@@ -106,8 +111,9 @@ def _link_terms(fleet: Fleet, t: _Tables, a: str, b: str) -> tuple[np.ndarray, n
 
 @dataclass
 class _State:
-    value: np.ndarray                     # [P] best score with positions[:q] done
-    back: list[tuple[int, object] | None]  # per q: (p index, previous state key) or None
+    value: np.ndarray       # [P] best score with positions[:q] done
+    back_p: np.ndarray      # [P] where the last stage started (position index)
+    back_state: np.ndarray  # [P] id of the state before it (-1: this is the first stage)
 
 
 def _schemes(fleet: Fleet) -> Iterator[list[int] | None]:
@@ -124,23 +130,32 @@ def _schemes(fleet: Fleet) -> Iterator[list[int] | None]:
 
 def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
          w_energy: float) -> dict[int, tuple[float, list[tuple[int, int, int]]]]:
-    """Best score per number of stages -> (score, [(device k, p index, q index)])."""
+    """Best score per number of stages (per last device in fixed orders)
+    -> (score, [(device k, p index, q index)])."""
     D, P = len(t.devices), len(t.positions)
     best: dict[int, tuple[float, list[tuple[int, int, int]]]] = {}
     ids = t.devices
 
+    steps: dict[tuple[str, int], np.ndarray] = {}
+
     def stage_matrix(prev: str, k: int, incoming: np.ndarray) -> np.ndarray:
         """[p, q] score of arriving with `incoming[p]` and running k on p..q."""
-        transfer, ser, joules = _link_terms(fleet, t, prev, ids[k])
-        c = t.compute[k]
+        step = steps.get((prev, k))
+        if step is None:
+            transfer, ser, joules = _link_terms(fleet, t, prev, ids[k])
+            c = t.compute[k]
+            if kind == "sum":
+                step = np.where(np.isfinite(c), 0.0, np.inf)
+                if w_time:  # (skip zero weights: 0 * inf would be NaN)
+                    step = step + w_time * (transfer[:, None] + c)
+                if w_energy:
+                    step = step + w_energy * (t.busy_w[k] * c + joules[:, None])
+            else:
+                step = np.stack([np.broadcast_to(ser[:, None], c.shape), c])  # for max()
+            steps[(prev, k)] = step
         if kind == "sum":
-            step = np.zeros_like(c) + np.where(np.isfinite(c), 0.0, np.inf)
-            if w_time:  # (skip zero weights: 0 * inf would be NaN)
-                step = step + w_time * (transfer[:, None] + c)
-            if w_energy:
-                step = step + w_energy * (t.busy_w[k] * c + joules[:, None])
             return incoming[:, None] + step
-        return np.maximum(np.maximum(incoming, ser)[:, None], c)
+        return np.maximum(np.maximum(incoming[:, None], step[0]), step[1])
 
     def finish(k: int, value: float) -> float:
         back = fleet.link(ids[k], fleet.source)
@@ -151,6 +166,9 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
 
     for order in _schemes(fleet):
         states: dict[tuple, _State] = {}
+        keys: list[tuple] = []  # state id -> key
+        id_of: dict[tuple, int] = {}
+        cols = np.arange(P)
         start = np.full(P, INF)
         start[0] = 0.0
         # key: (used devices frozenset or order index, last device, stage count)
@@ -158,9 +176,14 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
         for k in (range(D) if order is None else order):
             m = stage_matrix(fleet.source, k, start)
             arg = np.argmin(m, axis=0)
-            key = (frozenset([k]) if order is None else order.index(k), k, 1)
-            states[key] = _State(m[arg, np.arange(P)], [(int(a), None) for a in arg])
+            key = (frozenset([k]), k, 1) if order is None else (order.index(k), k, 0)
+            states[key] = _State(m[arg, cols], arg, np.full(P, -1))
+            id_of[key] = len(keys)
+            keys.append(key)
             frontier.append(key)
+        if order is not None:
+            # Transitions only go to later devices in the order: one pass in order suffices.
+            frontier.sort(key=lambda k: k[0])
         while frontier:
             nxt: list[tuple] = []
             for key in frontier:
@@ -168,8 +191,9 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
                 state = states[key]
                 if np.isfinite(state.value[-1]):
                     score = finish(last, float(state.value[-1]))
-                    if score < best.get(count, (INF,))[0]:
-                        best[count] = (score, _trace(states, key, P - 1))
+                    slot = count if order is None else -1 - last  # per stage count / last device
+                    if score < best.get(slot, (INF,))[0]:
+                        best[slot] = (score, _trace(states, keys, key, P - 1))
                 if not np.isfinite(state.value[:-1]).any():
                     continue
                 choices = ([k for k in range(D) if k not in used] if order is None
@@ -177,34 +201,41 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
                 for k in choices:
                     m = stage_matrix(ids[last], k, state.value)
                     arg = np.argmin(m, axis=0)
-                    value = m[arg, np.arange(P)]
+                    value = m[arg, cols]
                     if not np.isfinite(value).any():
                         continue
-                    new_key = (used | {k} if order is None else order.index(k), k, count + 1)
+                    my_id = id_of[key]
+                    # Fixed orders merge stage counts (keeps the program D^2, not D^3).
+                    new_key = (used | {k}, k, count + 1) if order is None else \
+                        (order.index(k), k, 0)
                     old = states.get(new_key)
-                    back = [(int(a), key) for a in arg]
                     if old is None:
-                        states[new_key] = _State(value, back)
+                        states[new_key] = _State(value, arg, np.full(P, my_id))
+                        id_of[new_key] = len(keys)
+                        keys.append(new_key)
                         nxt.append(new_key)
                     else:
                         better = value < old.value
                         if better.any():
                             old.value = np.where(better, value, old.value)
-                            old.back = [b if better[q] else o
-                                        for q, (b, o) in enumerate(zip(back, old.back))]
+                            old.back_p = np.where(better, arg, old.back_p)
+                            old.back_state = np.where(better, my_id, old.back_state)
                             if new_key not in nxt:
                                 nxt.append(new_key)
-            frontier = nxt
+            frontier = nxt if order is None else []
     return best
 
 
-def _trace(states: dict[tuple, _State], key: tuple, q: int) -> list[tuple[int, int, int]]:
+def _trace(states: dict[tuple, _State], keys: list[tuple], key: tuple, q: int
+           ) -> list[tuple[int, int, int]]:
     stages = []
-    while key is not None:
-        p, previous = states[key].back[q]
+    while True:
+        state = states[key]
+        p, previous = int(state.back_p[q]), int(state.back_state[q])
         stages.append((key[1], p, q))
-        key, q = previous, p
-    return stages[::-1]
+        if previous < 0:
+            return stages[::-1]
+        key, q = keys[previous], p
 
 
 def _to_placement(costs: ModelCosts, fleet: Fleet, t: _Tables,
