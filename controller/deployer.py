@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,10 @@ class Deployer:
                 name=name, model=model.name, state="deploying",
                 plan={"candidate": json_format.MessageToDict(
                           candidate, preserving_proto_field_name=True),
-                      "placement": placement.to_dict()},
+                      "placement": placement.to_dict(), "route": name, "generation": 0,
+                      "request": {"objective": req.objective or "latency",
+                                  "sla_ms": req.sla_ms,
+                                  "redundancy": req.redundancy or "none"}},
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
@@ -106,7 +109,7 @@ class Deployer:
     async def _roll_out(self, dep: DeploymentRecord, model: ModelRecord, cuts: list[int],
                         progress: Any) -> AsyncIterator[controller_pb2.DeployProgress]:
         yield progress("convert", f"splitting {model.name} at {cuts or 'no cut'}", _PLAN)
-        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, dep.name)
+        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, route_name(dep))
         yield progress("convert", f"{len(manifest.shards)} shards ready", _CONVERT)
 
         devices = {d.id: d for d in self.registry.devices()}
@@ -140,7 +143,8 @@ class Deployer:
         dep.manifest_dir = str(shard_dir)
         dep.plan["inputs"] = [_info(t) for t in manifest.inputs]
         dep.plan["outputs"] = [_info(t) for t in manifest.outputs]
-        self.registry.save_deployment(dep, event=("deploy.active", "every stage is ready"))
+        self.registry.save_deployment(dep, event=(
+            "deploy.active", f"every stage is ready ({', '.join(s.device for s in dep.stages)})"))
 
     async def _set_routes(self, dep: DeploymentRecord, stage: StageRecord,
                           devices: dict[str, Any]) -> None:
@@ -151,8 +155,9 @@ class Deployer:
             address = devices[device_id].address
             try:
                 await self.agents.get(address).set_route(
-                    deployment=dep.name, stage=stage.stage, shard_sha256=stage.shard_sha256,
-                    next_hops=next_hops)
+                    deployment=route_name(dep), stage=stage.stage,
+                    shard_sha256=stage.shard_sha256, next_hops=next_hops,
+                    replica_mode=replica_mode(dep))
             except AgentError as exc:
                 raise StageFailure(stage.stage, device_id, address, "route", exc.message) from None
 
@@ -172,6 +177,61 @@ class Deployer:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest, target
 
+    async def replan(self, name: str, reason: str,
+                     drain: Callable[[str], Awaitable[None]] | None = None) -> bool:
+        """Re-plan a serving deployment and switch to the new placement without dropping
+        requests: the new stages are rolled out under a new route name beside the old ones,
+        the registry switches in one transaction (new requests take the new chain), requests
+        in flight on the old chain drain, then the old routes are removed. If the roll-out
+        fails, the old placement keeps serving. Returns whether it switched."""
+        async with self._lock:
+            old = self.registry.deployment(name)
+            model = self.registry.model(old.model) if old else None
+            if old is None or model is None or old.state not in ("active", "degraded"):
+                return False
+            request = old.plan.get("request", {})
+            try:
+                found, _, costs = planner.candidates(
+                    model, self.registry.devices(), self.registry.links(),
+                    objective=request.get("objective", "latency"),
+                    sla_ms=request.get("sla_ms", 0.0),
+                    redundancy=request.get("redundancy", "none"), top_k=1)
+            except ApiError as exc:
+                self.registry.add_event("replan.failed", name, exc.message)
+                return False
+            placement = found[0]
+            current = old.plan.get("placement", {}).get("stages", [])
+            if [(s.start, s.stop, s.device, list(s.replicas)) for s in placement.stages] == [
+                    (s["start"], s["stop"], s["device"], list(s["replicas"])) for s in current]:
+                return False
+            generation = int(old.plan.get("generation", 0)) + 1
+            devices = {d.id: d for d in self.registry.devices()}
+            new = DeploymentRecord(
+                name=name, model=model.name, state="active", created_at=old.created_at,
+                plan={**old.plan, "candidate": json_format.MessageToDict(
+                          planner.candidate_pb(placement, costs),
+                          preserving_proto_field_name=True),
+                      "placement": placement.to_dict(), "route": f"{name}~{generation}",
+                      "generation": generation},
+                stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
+                                    replicas=list(s.replicas))
+                        for i, s in enumerate(placement.stages)])
+            self.registry.add_event("replan.started", name, reason)
+            try:
+                async for _ in self._roll_out(new, model, placement.cuts, _no_progress):
+                    pass
+            except (StageFailure, ApiError, AgentError, OSError, ValueError) as exc:
+                await self._remove_routes(new)
+                self.registry.add_event("replan.failed", name, str(exc))
+                return False
+            # _roll_out saved `new`: the switch. Let the old chain finish, then retire it.
+            if drain is not None:
+                await drain(route_name(old))
+            await self._remove_routes(old)
+            self.registry.add_event("replan.done", name, f"now on "
+                                    f"{', '.join(s.device for s in new.stages)}")
+            return True
+
     async def undeploy(self, dep: DeploymentRecord) -> None:
         await self._remove_routes(dep)
         self.registry.set_deployment_state(dep.name, "undeployed",
@@ -185,7 +245,7 @@ class Deployer:
                 address = addresses.get(device_id, stage.address)
                 try:
                     await asyncio.wait_for(
-                        self.agents.get(address).remove_route(dep.name, stage.stage), 5)
+                        self.agents.get(address).remove_route(route_name(dep), stage.stage), 5)
                 except (AgentError, TimeoutError) as exc:
                     log.info("could not remove route %s/%d on %s: %s", dep.name, stage.stage,
                              device_id, exc)
@@ -231,6 +291,22 @@ class Deployer:
                                                           f"{device_id} is back"))
             else:
                 self.registry.save_deployment(dep)
+
+
+def route_name(dep: DeploymentRecord) -> str:
+    """The name the agents know this deployment's current chain by (a re-plan makes a new
+    one, so the old and new chains can serve side by side during the switch)."""
+    return str(dep.plan.get("route", dep.name))
+
+
+def replica_mode(dep: DeploymentRecord) -> str:
+    """Replicas race (hedged) when the plan optimised latency, else share the load."""
+    return "hedged" if dep.plan.get("request", {}).get("objective") == "latency" \
+        else "balanced"
+
+
+def _no_progress(phase: str, message: str, fraction: float) -> None:
+    return None
 
 
 def _status_of(exc: Exception) -> grpc.StatusCode:

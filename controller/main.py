@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from layerfleet.agent import transport
+from layerfleet.controller import planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.api import ControllerService, EventBus
 from layerfleet.controller.catalog import Catalog
 from layerfleet.controller.deployer import Deployer
 from layerfleet.controller.discovery import Discovery, FleetService
 from layerfleet.controller.registry import Registry
+from layerfleet.controller.placement.model import Placement
+from layerfleet.controller.placement.plan import ReplanState, should_replan
 from layerfleet.controller.router import Router
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
@@ -57,6 +61,7 @@ class Settings:
     mdns: bool = True
     heartbeat_interval_s: float = 2.0
     calibrate: bool = True
+    replan: bool = True           # re-plan and switch when devices go down or come up
 
 
 class ControllerServer:
@@ -81,12 +86,45 @@ class ControllerServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._liveness: asyncio.Task[None] | None = None
+        self._replanner: asyncio.Task[None] | None = None
+        self._replan_state: dict[str, ReplanState] = {}
 
     async def _device_up(self, device_id: str) -> None:
         await self.deployer.restore_device(device_id)
         for dep in self.registry.deployments():
             self.router.forget(dep.name)
         self.events.notify()
+
+    async def _replan_once(self) -> None:
+        """Ask the placement engine whether each serving deployment should move."""
+        # A device counts once calibrated: re-planning onto a guessed speed helps nobody.
+        devices = [d for d in self.registry.devices() if d.flops_per_s > 0]
+        fleet_now = planner.fleet_from(devices, self.registry.links())
+        for dep in self.registry.deployments():
+            if dep.state not in ("active", "degraded") or "placement" not in dep.plan:
+                continue
+            current = Placement.from_dict(dep.plan["placement"])
+            state = self._replan_state.setdefault(dep.name, ReplanState())
+            decision = should_replan(current, fleet_now, [], state, now=time.monotonic())
+            if not decision.replan:
+                continue
+            name = dep.name
+
+            async def drain(route: str, name: str = name) -> None:
+                self.router.forget(name)  # new requests take the new chain from here on
+                await self.router.drain(route)
+
+            if await self.deployer.replan(name, decision.reason, drain=drain):
+                self.router.forget(name)
+                self.events.notify()
+
+    async def _replan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._replan_once()
+            except Exception:
+                log.exception("re-planning failed")
 
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[
@@ -110,6 +148,8 @@ class ControllerServer:
         for name in ("", "layerfleet.v1.Controller"):
             await _set_health(self.health, name, health_pb2.HealthCheckResponse.SERVING)
         self._liveness = asyncio.create_task(self.discovery.run())
+        if self.settings.replan:
+            self._replanner = asyncio.create_task(self._replan_loop())
         if self.settings.mdns:
             try:
                 await self.discovery.start_mdns()
@@ -126,8 +166,9 @@ class ControllerServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         for name in ("", "layerfleet.v1.Controller"):
             await _set_health(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._liveness is not None:
-            self._liveness.cancel()
+        for task in (self._liveness, self._replanner):
+            if task is not None:
+                task.cancel()
         await self.discovery.stop()
         if self.server is not None:
             await self.server.stop(grace_s)
@@ -183,6 +224,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="Conversion cache (default STATE_DIR/shard-cache).")
         p.add_argument("--heartbeat", type=float, default=argparse.SUPPRESS,
                        help="Seconds between agent heartbeats; down after 3 missed (2).")
+        p.add_argument("--no-replan", action="store_true", default=argparse.SUPPRESS,
+                       help="Do not move deployments when devices go down or come up.")
         p.add_argument("--log-level", default=argparse.SUPPRESS,
                        choices=["debug", "info", "warning", "error"])
     return parser
@@ -202,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         listen=args.get("listen", DEFAULT_LISTEN), state_dir=state_dir, db=args.get("db"),
         cache_dir=args.get("cache_dir"), insecure=args.get("insecure", False),
         mdns=not args.get("no_mdns", False),
-        heartbeat_interval_s=args.get("heartbeat", 2.0))
+        heartbeat_interval_s=args.get("heartbeat", 2.0),
+        replan=not args.get("no_replan", False))
     try:
         asyncio.run(serve(settings))
     except transport.InsecureListen as exc:

@@ -9,6 +9,7 @@ deployment degraded and the caller gets UNAVAILABLE naming the device.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Router:
         self.agents = agents
         self._cache: dict[str, DeploymentRecord] = {}
         self._outstanding: Counter[str] = Counter()
+        self._in_flight: Counter[str] = Counter()  # by route name, for draining
 
     def forget(self, name: str) -> None:
         """Drop the cached deployment (after undeploy, redeploy or a state change)."""
@@ -97,20 +99,29 @@ class Router:
         dep = self._deployment(name)
         bound = bind_inputs(inputs, dep.plan.get("inputs", []))
         device, address = self._entry(dep)
+        route = str(dep.plan.get("route", dep.name))
         self._outstanding[address] += 1
+        self._in_flight[route] += 1
         try:
-            result = await self.agents.get(address).infer(name, bound, stage=0)
+            result = await self.agents.get(address).infer(route, bound, stage=0)
         except AgentError as exc:
             if exc.code == grpc.StatusCode.UNAVAILABLE:
                 self._degrade(dep, f"stage 0 on {device} ({address}) unreachable: {exc.message}")
             raise ApiError(exc.code, f"deployment {name}: {exc.message}") from None
         finally:
             self._outstanding[address] -= 1
+            self._in_flight[route] -= 1
         return Outcome(
             outputs=dict(result.outputs),
             hops=[HopTime(h.device_id, h.stage, h.queue_s, h.compute_s, h.forward_s)
                   for h in result.hops],
             exited_at_stage=result.exited_at_stage)
+
+    async def drain(self, route: str, timeout_s: float = 30.0) -> None:
+        """Wait until no request is in flight on an old chain (new ones go to the new)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._in_flight[route] > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     def _entry(self, dep: DeploymentRecord) -> tuple[str, str]:
         """The stage-0 device to use: the up replica with the fewest requests outstanding."""

@@ -14,7 +14,7 @@ from layerfleet.controller.errors import ApiError
 from layerfleet.controller.partition.local import run_local
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc
 
-from .conftest import save_small_model, start_controller
+from .conftest import pin_speed, save_small_model, start_controller
 
 
 def call(fn, *args, **kwargs):
@@ -174,3 +174,80 @@ async def test_reflection_and_health_are_on(fleet):
             assert {"layerfleet.v1.Controller", "layerfleet.v1.Fleet"} <= names
             break
         assert controller_pb2_grpc is not None
+
+
+async def test_replanning_moves_a_deployment_without_dropping_requests(tmp_path):
+    """Two agents serve; a third joins; the controller re-plans (throughput objective uses
+    every device), switches to the new chain while requests keep flowing, and retires the
+    old chain after it drains. Then an agent dies and the deployment moves off it."""
+    import keras
+
+    from .conftest import LocalFleet
+
+    # Three convolutions of about 75 MFLOP: two devices must double up, three need not.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64, 64, 32), name="x")
+    h = inp
+    for i in range(3):
+        h = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name=f"c{i}")(h)
+    out = keras.layers.Dense(4, name="y")(keras.layers.GlobalAveragePooling2D(name="g")(h))
+    keras.Model(inp, out, name="small").save(tmp_path / "small.keras")
+    controller = await start_controller(tmp_path, replan=True, calibrate=False)
+    fleet = LocalFleet(controller, [], controller.registry.create_token("t"), tmp_path)
+    try:
+        for i in range(2):
+            await fleet.add_agent(f"agent-{i}")
+        await fleet.wait_devices(2, calibrated=False)
+        pin_speed(controller)
+        with fleet.client() as client:
+            await call(client.register_file, tmp_path / "small.keras")
+            await _deploy(client, "small", objective="throughput")
+            before = await call(client.deployment, "small")
+            assert len(before.stages) == 2
+
+            x = np.random.default_rng(2).random((1, 64, 64, 32), dtype=np.float32)
+            expected = (await call(client.infer, "small", x)).output
+            stop = asyncio.Event()
+            answers: list = []
+
+            async def keep_asking():
+                while not stop.is_set():
+                    answers.append((await call(client.infer, "small", x)).output)
+
+            asker = asyncio.create_task(keep_asking())
+            await fleet.add_agent("agent-2")
+            await fleet.wait_devices(3, calibrated=False)
+            pin_speed(controller)  # the re-planner counts a device once it has a speed
+            for _ in range(200):
+                dep = await call(client.deployment, "small")
+                if len(dep.stages) == 3:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asker  # any dropped request would have raised here
+            events = [(e.kind, e.message[:80]) for e in
+                      await call(lambda: list(client.events()))]
+            assert len(dep.stages) == 3 and dep.state == "active", events
+            assert len(answers) > 5 and all(np.array_equal(a, expected) for a in answers)
+            kinds = [e.kind for e in await call(lambda: list(client.events()))]
+            assert "replan.done" in kinds
+            old_route = "small"
+            assert all((old_route, s) not in a.pipeline.routes for a in fleet.agents
+                       for s in range(2)), "the old chain's routes were not retired"
+
+            victim = next(a for a in fleet.agents if a.device_id == dep.stages[1].device)
+            await victim.stop(grace_s=0)
+            fleet.agents.remove(victim)
+            for _ in range(200):
+                dep = await call(client.deployment, "small")
+                if dep.state == "active" and victim.device_id not in {s.device
+                                                                      for s in dep.stages}:
+                    break
+                await asyncio.sleep(0.1)
+            assert victim.device_id not in {s.device for s in dep.stages}
+            np.testing.assert_array_equal((await call(client.infer, "small", x)).output, expected)
+    finally:
+        for agent in fleet.agents:
+            await agent.stop(grace_s=0)
+        await fleet.controller.stop(grace_s=0)
