@@ -82,6 +82,7 @@ class Deployer:
                 plan={"candidate": json_format.MessageToDict(
                           candidate, preserving_proto_field_name=True),
                       "placement": placement.to_dict(), "route": name, "generation": 0,
+                      "considered": considered(self.registry),
                       "request": {"objective": req.objective or "latency",
                                   "sla_ms": req.sla_ms,
                                   "redundancy": req.redundancy or "none"}},
@@ -212,7 +213,7 @@ class Deployer:
                           planner.candidate_pb(placement, costs),
                           preserving_proto_field_name=True),
                       "placement": placement.to_dict(), "route": f"{name}~{generation}",
-                      "generation": generation},
+                      "generation": generation, "considered": considered(self.registry)},
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
@@ -291,6 +292,11 @@ class Deployer:
                                                           f"{device_id} is back"))
             else:
                 self.registry.save_deployment(dep)
+
+
+def considered(registry: Registry) -> list[str]:
+    """The devices a plan could use: up and calibrated (the re-planner's baseline)."""
+    return sorted(d.id for d in registry.devices() if d.state == "up" and d.flops_per_s > 0)
 
 
 def route_name(dep: DeploymentRecord) -> str:

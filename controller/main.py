@@ -104,7 +104,13 @@ class ControllerServer:
             if dep.state not in ("active", "degraded") or "placement" not in dep.plan:
                 continue
             current = Placement.from_dict(dep.plan["placement"])
-            state = self._replan_state.setdefault(dep.name, ReplanState())
+            # Start from the devices the current plan could use, so a device that arrives
+            # between the plan and the first check still counts as new.
+            considered = set(dep.plan.get("considered", []))
+            state = self._replan_state.get(dep.name)
+            if state is None or state.plan_generation != dep.plan.get("generation", 0):
+                state = self._replan_state[dep.name] = ReplanState(
+                    seen_up=considered, plan_generation=dep.plan.get("generation", 0))
             decision = should_replan(current, fleet_now, [], state, now=time.monotonic())
             if not decision.replan:
                 continue

@@ -79,6 +79,7 @@ class ReplanState:
     drifting_since: dict[str, float] = field(default_factory=dict)
     last_replan: float = float("-inf")
     seen_up: set[str] = field(default_factory=set)
+    plan_generation: int = 0   # which placement this state watches (the caller resets it)
 
 
 def should_replan(current: Placement, fleet_now: Fleet, observations: list[Observation],
