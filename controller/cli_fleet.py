@@ -7,42 +7,23 @@ into one line on stderr and exit status 1.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import numpy as np
 from google.protobuf import json_format
-from layerfleet.controller.errors import ApiError
+from layerfleet.controller.cli_common import fails_cleanly, parse_shape
 from layerfleet.controller.tables import human_bytes, human_flops, human_rate, ms, table
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 controller_option = click.option(
     "--controller", "address", envvar="LAYERFLEET_CONTROLLER", default="localhost:50050",
     show_default=True, help="Controller address HOST:PORT (env LAYERFLEET_CONTROLLER).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def _fails_cleanly(command: F) -> F:
-    """Controller errors and bad local input end as one line on stderr, exit status 1."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ApiError as exc:
-            click.echo(f"layerfleet: {exc.code.name.lower().replace('_', ' ')}: {exc.message}",
-                       err=True)
-            sys.exit(1)
-        except (OSError, ValueError) as exc:
-            click.echo(f"layerfleet: {exc}", err=True)
-            sys.exit(1)
-    return wrapper  # type: ignore[return-value]
 
 
 def _client(address: str) -> Any:
@@ -64,7 +45,7 @@ def _print_json(messages: Any) -> None:
 @click.command()
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def devices(address: str, as_json: bool) -> None:
     """List the devices the controller knows, with calibration and last telemetry."""
     with _client(address) as lf:
@@ -99,11 +80,11 @@ def models() -> None:
               help="Fixed input shape without the batch dimension, e.g. 224,224,3.")
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def models_add(model: str, name: str, input_shape: str, address: str, as_json: bool) -> None:
     """Register MODEL: a .keras/.h5 file, a SavedModel directory, or a keras.applications
     architecture name (built with weights=None)."""
-    shape = _parse_shape(input_shape)
+    shape = parse_shape(input_shape) or ()
     with _client(address) as lf:
         if Path(model).exists():
             size = Path(model).stat().st_size if Path(model).is_file() else 0
@@ -125,7 +106,7 @@ def models_add(model: str, name: str, input_shape: str, address: str, as_json: b
 @models.command("list")
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def models_list(address: str, as_json: bool) -> None:
     """List registered models."""
     with _client(address) as lf:
@@ -160,7 +141,7 @@ _redundancy = click.option("--redundancy", type=click.Choice(["none", "gnh"]), d
               help="How many candidate placements to list.")
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def plan(model: str, objective: str, sla_ms: float, redundancy: str, top_k: int, address: str,
          as_json: bool) -> None:
     """Dry run: the best placements of MODEL on the fleet, with predictions. Touches no agent."""
@@ -201,7 +182,7 @@ def _stage_table(cand: Any) -> str:
 @_redundancy
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def deploy(model: str, name: str, plan_index: int, objective: str, sla_ms: float,
            redundancy: str, address: str, as_json: bool) -> None:
     """Plan, convert, push and activate MODEL on the fleet, with progress."""
@@ -225,7 +206,7 @@ def deploy(model: str, name: str, plan_index: int, objective: str, sla_ms: float
 @click.argument("name", required=False)
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def deployments(name: str | None, address: str, as_json: bool) -> None:
     """List deployments, or describe NAME stage by stage."""
     with _client(address) as lf:
@@ -253,7 +234,7 @@ def _print_deployment(d: Any) -> None:
 @click.argument("name")
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def undeploy(name: str, address: str, as_json: bool) -> None:
     """Stop serving deployment NAME and free its shards on the agents."""
     with _client(address) as lf:
@@ -274,7 +255,7 @@ def undeploy(name: str, address: str, as_json: bool) -> None:
               help="Classes to show for a classifier's output.")
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def infer(deployment: str, input_path: str, output: str | None, top_k: int, address: str,
           as_json: bool) -> None:
     """Run INPUT through DEPLOYMENT. INPUT is .npy, .npz (one array per model input) or an
@@ -347,7 +328,7 @@ def _write_output(path: Path, outputs: dict[str, np.ndarray]) -> None:
 @click.option("--after", "after_id", type=int, default=0, help="Only events after this id.")
 @controller_option
 @json_option
-@_fails_cleanly
+@fails_cleanly
 def events(follow: bool, after_id: int, address: str, as_json: bool) -> None:
     """Show the controller's event log (joins, devices down, deploys, failures)."""
     with _client(address) as lf:
@@ -361,15 +342,3 @@ def events(follow: bool, after_id: int, address: str, as_json: bool) -> None:
                     click.echo(f"{e.id:>5}  {stamp}  {e.kind:<20} {e.subject:<16} {e.message}")
         except KeyboardInterrupt:
             pass
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        shape = tuple(int(x) for x in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"--input-shape {text!r}: expected numbers like 224,224,3") from None
-    if any(d <= 0 for d in shape):
-        raise ValueError(f"--input-shape {text!r}: every dimension must be positive")
-    return shape

@@ -5,49 +5,15 @@ inspect and split import TensorFlow (inside the command); run-local does not.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import numpy as np
+from layerfleet.controller.cli_common import fails_cleanly, parse_shape
 from layerfleet.controller.tables import human_bytes, human_flops, table
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fails_cleanly(command: F) -> F:
-    """Bad input ends as one line on stderr and exit status 1, never a traceback."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from layerfleet.agent.runtime import RuntimeUnavailable, ShardInputError
-        from layerfleet.controller.partition.errors import PartitionError
-
-        try:
-            return command(*args, **kwargs)
-        except (PartitionError, ShardInputError, RuntimeUnavailable) as exc:
-            click.echo(f"layerfleet: {exc}", err=True)
-        except (OSError, ValueError) as exc:
-            click.echo(f"layerfleet: {exc}", err=True)
-        sys.exit(1)
-    return wrapper  # type: ignore[return-value]
-
-
-def _shape(text: str) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        shape = tuple(int(x) for x in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ValueError(f"--input-shape {text!r}: expected numbers like 224,224,3") from None
-    if any(d <= 0 for d in shape):
-        raise ValueError(f"--input-shape {text!r}: every dimension must be positive")
-    return shape
-
 
 _input_shape = click.option("--input-shape", default="", metavar="H,W,C",
                             help="Fixed input shape without batch (LiteRT needs fixed shapes).")
@@ -59,7 +25,7 @@ def _analysis(model: str, input_shape: str, weights: str | None) -> Any:
     from layerfleet.controller.partition.load import load_model
     from layerfleet.controller.partition.split import Analysis
 
-    return Analysis(load_model(model, input_shape=_shape(input_shape), weights=weights))
+    return Analysis(load_model(model, input_shape=parse_shape(input_shape), weights=weights))
 
 
 @click.command()
@@ -67,7 +33,7 @@ def _analysis(model: str, input_shape: str, weights: str | None) -> Any:
 @_input_shape
 @_weights
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
-@_fails_cleanly
+@fails_cleanly
 def inspect(model: str, input_shape: str, weights: str | None, as_json: bool) -> None:
     """Show MODEL's layers in topological order with FLOPs, parameters, output bytes and the
     bytes crossing each cut. MODEL is a .keras/.h5 file, a SavedModel directory or a
@@ -102,7 +68,7 @@ def inspect(model: str, input_shape: str, weights: str | None, as_json: bool) ->
               help="Conversion cache (default $LAYERFLEET_CACHE or ~/.cache/layerfleet/shards).")
 @_input_shape
 @_weights
-@_fails_cleanly
+@fails_cleanly
 def split(model: str, shards: int, cuts: str, out_dir: str, cache_dir: str | None,
           input_shape: str, weights: str | None) -> None:
     """Cut MODEL into LiteRT shards: --shards N (balanced FLOPs) or --cuts I,J,K."""
@@ -137,7 +103,7 @@ def split(model: str, shards: int, cuts: str, out_dir: str, cache_dir: str | Non
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
               help="Write outputs: .npy (single output) or .npz.")
 @click.option("--threads", type=int, default=None, help="LiteRT threads per shard.")
-@_fails_cleanly
+@fails_cleanly
 def run_local(directory: str, input_path: str, output_path: str | None,
               threads: int | None) -> None:
     """Run the shards written by `layerfleet split` in order, in this process."""

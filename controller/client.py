@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 from layerfleet.agent import tensors, transport
+from layerfleet.agent.stream import status_code
 from layerfleet.controller.errors import ApiError
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc
 
@@ -174,7 +175,7 @@ class ControllerClient:
         try:
             for reply in self._stub.InferStream(iter(calls), timeout=max(self.timeout_s, 600)):
                 if reply.error_code:
-                    raise ApiError(_status_code(reply.error_code), reply.error)
+                    raise ApiError(status_code(reply.error_code), reply.error)
                 by_id[reply.request_id] = _outcome(reply)
         except grpc.RpcError as exc:
             raise _api_error(exc, self.address) from None
@@ -203,10 +204,6 @@ class ControllerClient:
                 timeout=None if follow else self.timeout_s)
         except grpc.RpcError as exc:
             raise _api_error(exc, self.address) from None
-
-
-def _status_code(value: int) -> grpc.StatusCode:
-    return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
 def _outcome(reply: controller_pb2.InferResult) -> InferOutcome:

@@ -31,9 +31,9 @@ from layerfleet.controller.api import ControllerService, EventBus
 from layerfleet.controller.catalog import Catalog
 from layerfleet.controller.deployer import Deployer
 from layerfleet.controller.discovery import Discovery, FleetService
-from layerfleet.controller.registry import Registry
 from layerfleet.controller.placement.model import Placement
 from layerfleet.controller.placement.plan import ReplanState, should_replan
+from layerfleet.controller.registry import Registry
 from layerfleet.controller.router import Router
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
