@@ -125,6 +125,12 @@ class AgentClient:
             raise _wrap(exc, self.address) from None
         return time.perf_counter() - started
 
+    async def measure_link(self, address: str, nbytes: int = 4 << 20) -> tuple[float, float]:
+        """Ask this agent to time its link to the agent at `address`: (B/s, round trip s)."""
+        reply = await self._unary(self._stub.MeasureLink, agent_pb2.MeasureLinkRequest(
+            address=address, bytes=nbytes), timeout=60)
+        return reply.bandwidth_Bps, reply.rtt_s
+
     async def set_faults(self, delay_ms: float) -> None:
         await self._unary(self._stub.SetFaults, agent_pb2.Faults(delay_ms=delay_ms))
 
@@ -145,6 +151,20 @@ class AgentClient:
 
     async def __aexit__(self, *_: Any) -> None:
         await self.close()
+
+
+async def probe_link(client: AgentClient, nbytes: int = 4 << 20, pings: int = 7
+                     ) -> tuple[float, float]:
+    """(bandwidth B/s, round trip s) from this process to the agent behind `client`: the
+    median of small calls, then one echoed payload (moved both ways) minus a round trip."""
+    rtts = []
+    for _ in range(pings):
+        started = time.perf_counter()
+        await client.describe()
+        rtts.append(time.perf_counter() - started)
+    rtt = sorted(rtts)[len(rtts) // 2]
+    seconds = await client.echo(nbytes)
+    return 2 * nbytes / max(seconds - rtt, 1e-6), rtt
 
 
 async def wait_serving(address: str, timeout_s: float = 10.0) -> None:

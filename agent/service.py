@@ -262,6 +262,22 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         async for blob in request_iterator:
             yield blob
 
+    async def MeasureLink(self, request: agent_pb2.MeasureLinkRequest,
+                          context: grpc.aio.ServicerContext) -> agent_pb2.LinkReply:
+        from layerfleet.agent.client import AgentClient, AgentError, probe_link
+
+        if not request.address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MeasureLink needs an address")
+        nbytes = min(max(request.bytes or (4 << 20), 1 << 10), 64 << 20)
+        try:
+            async with AgentClient(request.address, timeout_s=30) as other:
+                bandwidth, rtt = await probe_link(other, nbytes)
+        except AgentError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"{self.device_id} cannot reach {request.address}: "
+                                f"{exc.message}")
+        return agent_pb2.LinkReply(bandwidth_Bps=bandwidth, rtt_s=rtt)
+
     async def SetFaults(self, request: agent_pb2.Faults,
                         context: grpc.aio.ServicerContext) -> agent_pb2.Faults:
         if not self.allow_faults:

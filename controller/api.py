@@ -131,6 +131,16 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return controller_pb2.ListDevicesReply(
             devices=[device_pb(d) for d in self.registry.devices()])
 
+    @_unary
+    async def MeasureLinks(self, request: controller_pb2.MeasureLinksRequest,
+                           context: grpc.aio.ServicerContext) -> controller_pb2.MeasureLinksReply:
+        from layerfleet.controller.calibrate import measure_links
+
+        found = await measure_links(self.registry, self.deployer.agents)
+        return controller_pb2.MeasureLinksReply(links=[
+            controller_pb2.LinkStatus(a=a, b=b, bandwidth_Bps=bw, rtt_s=rtt, error=error)
+            for a, b, bw, rtt, error in found])
+
     # -- planning and deployments ---------------------------------------------------------
 
     @_unary

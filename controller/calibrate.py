@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +28,30 @@ class Calibration:
 
 async def measure(client: Any, *, runs: int = 5) -> Calibration:
     bench = await client.benchmark(runs=runs)
-    rtts = []
-    for _ in range(PING_COUNT):
-        started = time.perf_counter()
-        await client.describe()
-        rtts.append(time.perf_counter() - started)
-    rtt = statistics.median(rtts)
-    seconds = await client.echo(PAYLOAD_BYTES)
-    # The echo moves the payload both ways; take one direction's rate.
-    bandwidth = 2 * PAYLOAD_BYTES / max(seconds - rtt, 1e-6)
+    bandwidth, rtt = await link(client)
     return Calibration(flops_per_s=bench.flops_per_s, bandwidth_Bps=bandwidth, rtt_s=rtt)
+
+
+async def link(client: Any, nbytes: int = PAYLOAD_BYTES) -> tuple[float, float]:
+    """(bandwidth B/s, round trip s) from the controller to the agent behind `client`."""
+    from layerfleet.agent.client import probe_link
+
+    return await probe_link(client, nbytes, pings=PING_COUNT)
+
+
+async def measure_links(registry: Any, agents: Any
+                        ) -> list[tuple[str, str, float, float, str]]:
+    """Time every link between two devices that are up (asked of the first agent of each
+    pair), store the numbers for the planner; returns (a, b, B/s, rtt s, error)."""
+    up = [d for d in registry.devices() if d.state == "up"]
+    found = []
+    for i, a in enumerate(up):
+        for b in up[i + 1:]:
+            try:
+                bandwidth, rtt = await agents.get(a.address).measure_link(b.address)
+            except Exception as exc:  # AgentError, timeouts: report the pair, go on
+                found.append((a.id, b.id, 0.0, 0.0, str(exc)))
+                continue
+            registry.set_link(a.id, b.id, bandwidth, rtt)
+            found.append((a.id, b.id, bandwidth, rtt, ""))
+    return found

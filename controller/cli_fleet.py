@@ -43,13 +43,20 @@ def _print_json(messages: Any) -> None:
 # -- devices ----------------------------------------------------------------------------------
 
 @click.command()
+@click.option("--measure-links", is_flag=True,
+              help="First time every agent-to-agent link (stored for planning).")
 @controller_option
 @json_option
 @fails_cleanly
-def devices(address: str, as_json: bool) -> None:
+def devices(measure_links: bool, address: str, as_json: bool) -> None:
     """List the devices the controller knows, with calibration and last telemetry."""
     with _client(address) as lf:
+        links = lf.measure_links() if measure_links else []
         found = lf.devices()
+    if links and not as_json:
+        click.echo(table(["device", "device", "link", "rtt", "error"],
+                         [[l.a, l.b, human_rate(l.bandwidth_Bps), ms(l.rtt_s) if l.rtt_s else "-",
+                           l.error] for l in links]) + "\n")
     if as_json:
         return _print_json(found)
     if not found:

@@ -132,6 +132,11 @@ class ControllerClient:
         return list(self._call(self._stub.ListDevices,
                                controller_pb2.ListDevicesRequest()).devices)
 
+    def measure_links(self) -> list[controller_pb2.LinkStatus]:
+        """Calibrate every agent-to-agent link (the planner uses them from then on)."""
+        return list(self._call(self._stub.MeasureLinks, controller_pb2.MeasureLinksRequest(),
+                               timeout=max(self.timeout_s, 300)).links)
+
     def plan(self, model: str, *, objective: str = "latency", sla_ms: float = 0.0,
              redundancy: str = "none", top_k: int = 1) -> controller_pb2.PlanReply:
         return self._call(self._stub.Plan, controller_pb2.PlanRequest(

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from layerfleet.agent.main import AgentServer, Settings
 from layerfleet.controller.client import ControllerClient
 from layerfleet.controller.main import ControllerServer

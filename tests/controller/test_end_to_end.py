@@ -9,7 +9,6 @@ import hashlib
 import grpc
 import numpy as np
 import pytest
-
 from layerfleet.controller.errors import ApiError
 from layerfleet.controller.partition.local import run_local
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc
@@ -251,3 +250,18 @@ async def test_replanning_moves_a_deployment_without_dropping_requests(tmp_path)
         for agent in fleet.agents:
             await agent.stop(grace_s=0)
         await fleet.controller.stop(grace_s=0)
+
+
+async def test_agent_to_agent_links_are_measured_on_request_and_used_by_the_planner(fleet):
+    with fleet.client() as client:
+        links = await call(client.measure_links)
+    assert len(links) == 3 and all(not l.error for l in links)
+    assert all(l.bandwidth_Bps > 1e6 and 0 < l.rtt_s < 1 for l in links)
+    stored = {(l["a"], l["b"]) for l in fleet.controller.registry.links()}
+    assert stored == {(l.a, l.b) for l in links}
+    from layerfleet.controller import planner
+
+    view = planner.fleet_from(fleet.controller.registry.devices(),
+                              fleet.controller.registry.links())
+    a, b = links[0].a, links[0].b
+    assert view.link(a, b).bandwidth_Bps == pytest.approx(links[0].bandwidth_Bps)

@@ -263,6 +263,22 @@ class Blob(_message.Message):
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
+class MeasureLinkRequest(_message.Message):
+    __slots__ = ("address", "bytes")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    bytes: int
+    def __init__(self, address: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class LinkReply(_message.Message):
+    __slots__ = ("bandwidth_Bps", "rtt_s")
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    RTT_S_FIELD_NUMBER: _ClassVar[int]
+    bandwidth_Bps: float
+    rtt_s: float
+    def __init__(self, bandwidth_Bps: _Optional[float] = ..., rtt_s: _Optional[float] = ...) -> None: ...
+
 class Faults(_message.Message):
     __slots__ = ("delay_ms",)
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]

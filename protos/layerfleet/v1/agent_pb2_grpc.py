@@ -89,6 +89,11 @@ class AgentStub:
                 request_serializer=layerfleet_dot_v1_dot_agent__pb2.Blob.SerializeToString,
                 response_deserializer=layerfleet_dot_v1_dot_agent__pb2.Blob.FromString,
                 _registered_method=True)
+        self.MeasureLink = channel.unary_unary(
+                '/layerfleet.v1.Agent/MeasureLink',
+                request_serializer=layerfleet_dot_v1_dot_agent__pb2.MeasureLinkRequest.SerializeToString,
+                response_deserializer=layerfleet_dot_v1_dot_agent__pb2.LinkReply.FromString,
+                _registered_method=True)
         self.SetFaults = channel.unary_unary(
                 '/layerfleet.v1.Agent/SetFaults',
                 request_serializer=layerfleet_dot_v1_dot_agent__pb2.Faults.SerializeToString,
@@ -170,6 +175,13 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeasureLink(self, request, context):
+        """Calibration: time this agent's link to another agent (round trip and bandwidth).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetFaults(self, request, context):
         """Chaos knob for tests (needs --allow-faults): delay every compute on this agent.
         """
@@ -234,6 +246,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Echo,
                     request_deserializer=layerfleet_dot_v1_dot_agent__pb2.Blob.FromString,
                     response_serializer=layerfleet_dot_v1_dot_agent__pb2.Blob.SerializeToString,
+            ),
+            'MeasureLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureLink,
+                    request_deserializer=layerfleet_dot_v1_dot_agent__pb2.MeasureLinkRequest.FromString,
+                    response_serializer=layerfleet_dot_v1_dot_agent__pb2.LinkReply.SerializeToString,
             ),
             'SetFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFaults,
@@ -538,6 +555,33 @@ class Agent:
             '/layerfleet.v1.Agent/Echo',
             layerfleet_dot_v1_dot_agent__pb2.Blob.SerializeToString,
             layerfleet_dot_v1_dot_agent__pb2.Blob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/layerfleet.v1.Agent/MeasureLink',
+            layerfleet_dot_v1_dot_agent__pb2.MeasureLinkRequest.SerializeToString,
+            layerfleet_dot_v1_dot_agent__pb2.LinkReply.FromString,
             options,
             channel_credentials,
             insecure,

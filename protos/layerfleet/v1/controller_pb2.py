@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from layerfleet.v1 import tensor_pb2 as layerfleet_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elayerfleet/v1/controller.proto\x12\rlayerfleet.v1\x1a\x1alayerfleet/v1/tensor.proto\"T\n\x0bModelUpload\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.layerfleet.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x91\x01\n\x0bModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.layerfleet.v1.ModelFormat\x12\x0f\n\x07\x62uiltin\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"\xd8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x01(\x05\x12\r\n\x05\x66lops\x18\x05 \x01(\x03\x12\x13\n\x0bparam_bytes\x18\x06 \x01(\x03\x12)\n\x06inputs\x18\x07 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x08 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12\x12\n\ncreated_at\x18\t \x01(\x01\"\x13\n\x11ListModelsRequest\";\n\x0fListModelsReply\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.layerfleet.v1.ModelInfo\"\xe2\x02\n\x0c\x44\x65viceStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\r\n\x05\x63ores\x18\x05 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x10\n\x08\x66ound_by\x18\n \x01(\t\x12\x13\n\x0b\x66lops_per_s\x18\x0b \x01(\x01\x12\x1a\n\x12link_bandwidth_Bps\x18\x0c \x01(\x01\x12\x12\n\nlink_rtt_s\x18\r \x01(\x01\x12\x11\n\tlast_seen\x18\x0e \x01(\x01\x12\x0f\n\x07power_w\x18\x0f \x01(\x01\x12\x15\n\renergy_method\x18\x10 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x11 \x01(\x01\x12\x18\n\x10memory_available\x18\x12 \x01(\x03\"\x14\n\x12ListDevicesRequest\"@\n\x10ListDevicesReply\x12,\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1b.layerfleet.v1.DeviceStatus\"b\n\x0bPlanRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tobjective\x18\x02 \x01(\t\x12\x0e\n\x06sla_ms\x18\x03 \x01(\x01\x12\x12\n\nredundancy\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\"\xd7\x01\n\tStagePlan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0c\n\x04stop\x18\x02 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x03(\t\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x15\n\rtransfer_in_s\x18\x06 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x03\x12\x10\n\x08\x65nergy_j\x18\x08 \x01(\x01\x12\x10\n\x08\x62ytes_in\x18\t \x01(\x03\x12\x13\n\x0b\x66irst_layer\x18\n \x01(\t\x12\x12\n\nlast_layer\x18\x0b \x01(\t\"C\n\x07LinkUse\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"\xbe\x01\n\tCandidate\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\tobjective\x18\x02 \x01(\t\x12\x11\n\tlatency_s\x18\x03 \x01(\x01\x12\x16\n\x0ethroughput_rps\x18\x04 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x01\x12(\n\x06stages\x18\x06 \x03(\x0b\x32\x18.layerfleet.v1.StagePlan\x12%\n\x05links\x18\x07 \x03(\x0b\x32\x16.layerfleet.v1.LinkUse\"f\n\tPlanReply\x12,\n\ncandidates\x18\x01 \x03(\x0b\x32\x18.layerfleet.v1.Candidate\x12+\n\tbaselines\x18\x02 \x03(\x0b\x32\x18.layerfleet.v1.Candidate\"q\n\rDeployRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tobjective\x18\x03 \x01(\t\x12\x0e\n\x06sla_ms\x18\x04 \x01(\x01\x12\x12\n\nredundancy\x18\x05 \x01(\t\x12\x0c\n\x04plan\x18\x06 \x01(\x05\"V\n\x0e\x44\x65ployProgress\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"\xa6\x01\n\x0bStageStatus\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0c\n\x04stop\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x10\n\x08replicas\x18\x06 \x03(\t\x12\x14\n\x0cshard_sha256\x18\x07 \x01(\t\x12\x13\n\x0bshard_bytes\x18\x08 \x01(\x03\x12\r\n\x05state\x18\t \x01(\t\"\x9a\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12*\n\x06stages\x18\x05 \x03(\x0b\x32\x1a.layerfleet.v1.StageStatus\x12&\n\x04plan\x18\x06 \x01(\x0b\x32\x18.layerfleet.v1.Candidate\x12)\n\x06inputs\x18\x07 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x08 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\nupdated_at\x18\n \x01(\x01\"\x18\n\x16ListDeploymentsRequest\"F\n\x14ListDeploymentsReply\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.layerfleet.v1.Deployment\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fUndeployRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"[\n\tInferCall\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12&\n\x07tensors\x18\x03 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\"[\n\x03Hop\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tcompute_s\x18\x04 \x01(\x01\x12\x11\n\tforward_s\x18\x05 \x01(\x01\"\xb8\x01\n\x0bInferResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\x12 \n\x04hops\x18\x03 \x03(\x0b\x32\x12.layerfleet.v1.Hop\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\x12\x17\n\x0f\x65xited_at_stage\x18\x05 \x01(\x05\x12\x12\n\nerror_code\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"6\n\x12WatchEventsRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"Q\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t*_\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\t\n\x05KERAS\x10\x01\x12\x06\n\x02H5\x10\x02\x12\x12\n\x0eSAVEDMODEL_TAR\x10\x03\x12\x0b\n\x07\x42UILTIN\x10\x04\x32\xc8\x06\n\nController\x12G\n\rRegisterModel\x12\x1a.layerfleet.v1.ModelUpload\x1a\x18.layerfleet.v1.ModelInfo(\x01\x12N\n\nListModels\x12 .layerfleet.v1.ListModelsRequest\x1a\x1e.layerfleet.v1.ListModelsReply\x12Q\n\x0bListDevices\x12!.layerfleet.v1.ListDevicesRequest\x1a\x1f.layerfleet.v1.ListDevicesReply\x12<\n\x04Plan\x12\x1a.layerfleet.v1.PlanRequest\x1a\x18.layerfleet.v1.PlanReply\x12G\n\x06\x44\x65ploy\x12\x1c.layerfleet.v1.DeployRequest\x1a\x1d.layerfleet.v1.DeployProgress0\x01\x12]\n\x0fListDeployments\x12%.layerfleet.v1.ListDeploymentsRequest\x1a#.layerfleet.v1.ListDeploymentsReply\x12O\n\rGetDeployment\x12#.layerfleet.v1.GetDeploymentRequest\x1a\x19.layerfleet.v1.Deployment\x12\x45\n\x08Undeploy\x12\x1e.layerfleet.v1.UndeployRequest\x1a\x19.layerfleet.v1.Deployment\x12=\n\x05Infer\x12\x18.layerfleet.v1.InferCall\x1a\x1a.layerfleet.v1.InferResult\x12G\n\x0bInferStream\x12\x18.layerfleet.v1.InferCall\x1a\x1a.layerfleet.v1.InferResult(\x01\x30\x01\x12H\n\x0bWatchEvents\x12!.layerfleet.v1.WatchEventsRequest\x1a\x14.layerfleet.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elayerfleet/v1/controller.proto\x12\rlayerfleet.v1\x1a\x1alayerfleet/v1/tensor.proto\"T\n\x0bModelUpload\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.layerfleet.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x91\x01\n\x0bModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.layerfleet.v1.ModelFormat\x12\x0f\n\x07\x62uiltin\x18\x03 \x01(\t\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"\xd8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x01(\x05\x12\r\n\x05\x66lops\x18\x05 \x01(\x03\x12\x13\n\x0bparam_bytes\x18\x06 \x01(\x03\x12)\n\x06inputs\x18\x07 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x08 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12\x12\n\ncreated_at\x18\t \x01(\x01\"\x13\n\x11ListModelsRequest\";\n\x0fListModelsReply\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.layerfleet.v1.ModelInfo\"\xe2\x02\n\x0c\x44\x65viceStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\r\n\x05\x63ores\x18\x05 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x03\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x10\n\x08\x66ound_by\x18\n \x01(\t\x12\x13\n\x0b\x66lops_per_s\x18\x0b \x01(\x01\x12\x1a\n\x12link_bandwidth_Bps\x18\x0c \x01(\x01\x12\x12\n\nlink_rtt_s\x18\r \x01(\x01\x12\x11\n\tlast_seen\x18\x0e \x01(\x01\x12\x0f\n\x07power_w\x18\x0f \x01(\x01\x12\x15\n\renergy_method\x18\x10 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x11 \x01(\x01\x12\x18\n\x10memory_available\x18\x12 \x01(\x03\"\x14\n\x12ListDevicesRequest\"@\n\x10ListDevicesReply\x12,\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x1b.layerfleet.v1.DeviceStatus\"\x15\n\x13MeasureLinksRequest\"W\n\nLinkStatus\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\x12\x15\n\rbandwidth_Bps\x18\x03 \x01(\x01\x12\r\n\x05rtt_s\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"=\n\x11MeasureLinksReply\x12(\n\x05links\x18\x01 \x03(\x0b\x32\x19.layerfleet.v1.LinkStatus\"b\n\x0bPlanRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tobjective\x18\x02 \x01(\t\x12\x0e\n\x06sla_ms\x18\x03 \x01(\x01\x12\x12\n\nredundancy\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\"\xd7\x01\n\tStagePlan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0c\n\x04stop\x18\x02 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x10\n\x08replicas\x18\x04 \x03(\t\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x15\n\rtransfer_in_s\x18\x06 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x03\x12\x10\n\x08\x65nergy_j\x18\x08 \x01(\x01\x12\x10\n\x08\x62ytes_in\x18\t \x01(\x03\x12\x13\n\x0b\x66irst_layer\x18\n \x01(\t\x12\x12\n\nlast_layer\x18\x0b \x01(\t\"C\n\x07LinkUse\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"\xbe\x01\n\tCandidate\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x11\n\tobjective\x18\x02 \x01(\t\x12\x11\n\tlatency_s\x18\x03 \x01(\x01\x12\x16\n\x0ethroughput_rps\x18\x04 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x01\x12(\n\x06stages\x18\x06 \x03(\x0b\x32\x18.layerfleet.v1.StagePlan\x12%\n\x05links\x18\x07 \x03(\x0b\x32\x16.layerfleet.v1.LinkUse\"f\n\tPlanReply\x12,\n\ncandidates\x18\x01 \x03(\x0b\x32\x18.layerfleet.v1.Candidate\x12+\n\tbaselines\x18\x02 \x03(\x0b\x32\x18.layerfleet.v1.Candidate\"q\n\rDeployRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tobjective\x18\x03 \x01(\t\x12\x0e\n\x06sla_ms\x18\x04 \x01(\x01\x12\x12\n\nredundancy\x18\x05 \x01(\t\x12\x0c\n\x04plan\x18\x06 \x01(\x05\"V\n\x0e\x44\x65ployProgress\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"\xa6\x01\n\x0bStageStatus\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0c\n\x04stop\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x10\n\x08replicas\x18\x06 \x03(\t\x12\x14\n\x0cshard_sha256\x18\x07 \x01(\t\x12\x13\n\x0bshard_bytes\x18\x08 \x01(\x03\x12\r\n\x05state\x18\t \x01(\t\"\x9a\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12*\n\x06stages\x18\x05 \x03(\x0b\x32\x1a.layerfleet.v1.StageStatus\x12&\n\x04plan\x18\x06 \x01(\x0b\x32\x18.layerfleet.v1.Candidate\x12)\n\x06inputs\x18\x07 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x08 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x12\n\nupdated_at\x18\n \x01(\x01\"\x18\n\x16ListDeploymentsRequest\"F\n\x14ListDeploymentsReply\x12.\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x19.layerfleet.v1.Deployment\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fUndeployRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"[\n\tInferCall\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12&\n\x07tensors\x18\x03 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\"[\n\x03Hop\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tcompute_s\x18\x04 \x01(\x01\x12\x11\n\tforward_s\x18\x05 \x01(\x01\"\xb8\x01\n\x0bInferResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\x12 \n\x04hops\x18\x03 \x03(\x0b\x32\x12.layerfleet.v1.Hop\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\x12\x17\n\x0f\x65xited_at_stage\x18\x05 \x01(\x05\x12\x12\n\nerror_code\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"6\n\x12WatchEventsRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"Q\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t*_\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\t\n\x05KERAS\x10\x01\x12\x06\n\x02H5\x10\x02\x12\x12\n\x0eSAVEDMODEL_TAR\x10\x03\x12\x0b\n\x07\x42UILTIN\x10\x04\x32\x9e\x07\n\nController\x12G\n\rRegisterModel\x12\x1a.layerfleet.v1.ModelUpload\x1a\x18.layerfleet.v1.ModelInfo(\x01\x12N\n\nListModels\x12 .layerfleet.v1.ListModelsRequest\x1a\x1e.layerfleet.v1.ListModelsReply\x12Q\n\x0bListDevices\x12!.layerfleet.v1.ListDevicesRequest\x1a\x1f.layerfleet.v1.ListDevicesReply\x12T\n\x0cMeasureLinks\x12\".layerfleet.v1.MeasureLinksRequest\x1a .layerfleet.v1.MeasureLinksReply\x12<\n\x04Plan\x12\x1a.layerfleet.v1.PlanRequest\x1a\x18.layerfleet.v1.PlanReply\x12G\n\x06\x44\x65ploy\x12\x1c.layerfleet.v1.DeployRequest\x1a\x1d.layerfleet.v1.DeployProgress0\x01\x12]\n\x0fListDeployments\x12%.layerfleet.v1.ListDeploymentsRequest\x1a#.layerfleet.v1.ListDeploymentsReply\x12O\n\rGetDeployment\x12#.layerfleet.v1.GetDeploymentRequest\x1a\x19.layerfleet.v1.Deployment\x12\x45\n\x08Undeploy\x12\x1e.layerfleet.v1.UndeployRequest\x1a\x19.layerfleet.v1.Deployment\x12=\n\x05Infer\x12\x18.layerfleet.v1.InferCall\x1a\x1a.layerfleet.v1.InferResult\x12G\n\x0bInferStream\x12\x18.layerfleet.v1.InferCall\x1a\x1a.layerfleet.v1.InferResult(\x01\x30\x01\x12H\n\x0bWatchEvents\x12!.layerfleet.v1.WatchEventsRequest\x1a\x14.layerfleet.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'layerfleet.v1.controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELFORMAT']._serialized_start=3079
-  _globals['_MODELFORMAT']._serialized_end=3174
+  _globals['_MODELFORMAT']._serialized_start=3254
+  _globals['_MODELFORMAT']._serialized_end=3349
   _globals['_MODELUPLOAD']._serialized_start=77
   _globals['_MODELUPLOAD']._serialized_end=161
   _globals['_MODELHEADER']._serialized_start=164
@@ -50,42 +50,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVICESREQUEST']._serialized_end=989
   _globals['_LISTDEVICESREPLY']._serialized_start=991
   _globals['_LISTDEVICESREPLY']._serialized_end=1055
-  _globals['_PLANREQUEST']._serialized_start=1057
-  _globals['_PLANREQUEST']._serialized_end=1155
-  _globals['_STAGEPLAN']._serialized_start=1158
-  _globals['_STAGEPLAN']._serialized_end=1373
-  _globals['_LINKUSE']._serialized_start=1375
-  _globals['_LINKUSE']._serialized_end=1442
-  _globals['_CANDIDATE']._serialized_start=1445
-  _globals['_CANDIDATE']._serialized_end=1635
-  _globals['_PLANREPLY']._serialized_start=1637
-  _globals['_PLANREPLY']._serialized_end=1739
-  _globals['_DEPLOYREQUEST']._serialized_start=1741
-  _globals['_DEPLOYREQUEST']._serialized_end=1854
-  _globals['_DEPLOYPROGRESS']._serialized_start=1856
-  _globals['_DEPLOYPROGRESS']._serialized_end=1942
-  _globals['_STAGESTATUS']._serialized_start=1945
-  _globals['_STAGESTATUS']._serialized_end=2111
-  _globals['_DEPLOYMENT']._serialized_start=2114
-  _globals['_DEPLOYMENT']._serialized_end=2396
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=2398
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=2422
-  _globals['_LISTDEPLOYMENTSREPLY']._serialized_start=2424
-  _globals['_LISTDEPLOYMENTSREPLY']._serialized_end=2494
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=2496
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=2532
-  _globals['_UNDEPLOYREQUEST']._serialized_start=2534
-  _globals['_UNDEPLOYREQUEST']._serialized_end=2565
-  _globals['_INFERCALL']._serialized_start=2567
-  _globals['_INFERCALL']._serialized_end=2658
-  _globals['_HOP']._serialized_start=2660
-  _globals['_HOP']._serialized_end=2751
-  _globals['_INFERRESULT']._serialized_start=2754
-  _globals['_INFERRESULT']._serialized_end=2938
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=2940
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=2994
-  _globals['_EVENT']._serialized_start=2996
-  _globals['_EVENT']._serialized_end=3077
-  _globals['_CONTROLLER']._serialized_start=3177
-  _globals['_CONTROLLER']._serialized_end=4017
+  _globals['_MEASURELINKSREQUEST']._serialized_start=1057
+  _globals['_MEASURELINKSREQUEST']._serialized_end=1078
+  _globals['_LINKSTATUS']._serialized_start=1080
+  _globals['_LINKSTATUS']._serialized_end=1167
+  _globals['_MEASURELINKSREPLY']._serialized_start=1169
+  _globals['_MEASURELINKSREPLY']._serialized_end=1230
+  _globals['_PLANREQUEST']._serialized_start=1232
+  _globals['_PLANREQUEST']._serialized_end=1330
+  _globals['_STAGEPLAN']._serialized_start=1333
+  _globals['_STAGEPLAN']._serialized_end=1548
+  _globals['_LINKUSE']._serialized_start=1550
+  _globals['_LINKUSE']._serialized_end=1617
+  _globals['_CANDIDATE']._serialized_start=1620
+  _globals['_CANDIDATE']._serialized_end=1810
+  _globals['_PLANREPLY']._serialized_start=1812
+  _globals['_PLANREPLY']._serialized_end=1914
+  _globals['_DEPLOYREQUEST']._serialized_start=1916
+  _globals['_DEPLOYREQUEST']._serialized_end=2029
+  _globals['_DEPLOYPROGRESS']._serialized_start=2031
+  _globals['_DEPLOYPROGRESS']._serialized_end=2117
+  _globals['_STAGESTATUS']._serialized_start=2120
+  _globals['_STAGESTATUS']._serialized_end=2286
+  _globals['_DEPLOYMENT']._serialized_start=2289
+  _globals['_DEPLOYMENT']._serialized_end=2571
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=2573
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=2597
+  _globals['_LISTDEPLOYMENTSREPLY']._serialized_start=2599
+  _globals['_LISTDEPLOYMENTSREPLY']._serialized_end=2669
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=2671
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=2707
+  _globals['_UNDEPLOYREQUEST']._serialized_start=2709
+  _globals['_UNDEPLOYREQUEST']._serialized_end=2740
+  _globals['_INFERCALL']._serialized_start=2742
+  _globals['_INFERCALL']._serialized_end=2833
+  _globals['_HOP']._serialized_start=2835
+  _globals['_HOP']._serialized_end=2926
+  _globals['_INFERRESULT']._serialized_start=2929
+  _globals['_INFERRESULT']._serialized_end=3113
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=3115
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=3169
+  _globals['_EVENT']._serialized_start=3171
+  _globals['_EVENT']._serialized_end=3252
+  _globals['_CONTROLLER']._serialized_start=3352
+  _globals['_CONTROLLER']._serialized_end=4278
 # @@protoc_insertion_point(module_scope)

@@ -127,6 +127,30 @@ class ListDevicesReply(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
 
+class MeasureLinksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LinkStatus(_message.Message):
+    __slots__ = ("a", "b", "bandwidth_Bps", "rtt_s", "error")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    RTT_S_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    bandwidth_Bps: float
+    rtt_s: float
+    error: str
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., bandwidth_Bps: _Optional[float] = ..., rtt_s: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class MeasureLinksReply(_message.Message):
+    __slots__ = ("links",)
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
+    def __init__(self, links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ...) -> None: ...
+
 class PlanRequest(_message.Message):
     __slots__ = ("model", "objective", "sla_ms", "redundancy", "top_k")
     MODEL_FIELD_NUMBER: _ClassVar[int]

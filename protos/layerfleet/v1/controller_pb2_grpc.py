@@ -49,6 +49,11 @@ class ControllerStub:
                 request_serializer=layerfleet_dot_v1_dot_controller__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=layerfleet_dot_v1_dot_controller__pb2.ListDevicesReply.FromString,
                 _registered_method=True)
+        self.MeasureLinks = channel.unary_unary(
+                '/layerfleet.v1.Controller/MeasureLinks',
+                request_serializer=layerfleet_dot_v1_dot_controller__pb2.MeasureLinksRequest.SerializeToString,
+                response_deserializer=layerfleet_dot_v1_dot_controller__pb2.MeasureLinksReply.FromString,
+                _registered_method=True)
         self.Plan = channel.unary_unary(
                 '/layerfleet.v1.Controller/Plan',
                 request_serializer=layerfleet_dot_v1_dot_controller__pb2.PlanRequest.SerializeToString,
@@ -110,6 +115,13 @@ class ControllerServicer:
 
     def ListDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MeasureLinks(self, request, context):
+        """Calibrate agent-to-agent links (every pair of devices that are up); stored for planning.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -182,6 +194,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=layerfleet_dot_v1_dot_controller__pb2.ListDevicesRequest.FromString,
                     response_serializer=layerfleet_dot_v1_dot_controller__pb2.ListDevicesReply.SerializeToString,
+            ),
+            'MeasureLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeasureLinks,
+                    request_deserializer=layerfleet_dot_v1_dot_controller__pb2.MeasureLinksRequest.FromString,
+                    response_serializer=layerfleet_dot_v1_dot_controller__pb2.MeasureLinksReply.SerializeToString,
             ),
             'Plan': grpc.unary_unary_rpc_method_handler(
                     servicer.Plan,
@@ -305,6 +322,33 @@ class Controller:
             '/layerfleet.v1.Controller/ListDevices',
             layerfleet_dot_v1_dot_controller__pb2.ListDevicesRequest.SerializeToString,
             layerfleet_dot_v1_dot_controller__pb2.ListDevicesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/layerfleet.v1.Controller/MeasureLinks',
+            layerfleet_dot_v1_dot_controller__pb2.MeasureLinksRequest.SerializeToString,
+            layerfleet_dot_v1_dot_controller__pb2.MeasureLinksReply.FromString,
             options,
             channel_credentials,
             insecure,
