@@ -122,7 +122,9 @@ def _wait_for_devices(client: Any, n: int, timeout_s: float = 60.0) -> list[Any]
 def train_digits_cnn(path: Path, epochs: int = 30, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray, float]:
     """Train a small CNN on sklearn's digits; save it; return held-out x, y and Keras accuracy."""
-    import keras
+    from layerfleet.controller.partition.tf import keras as _keras
+
+    keras = _keras()
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

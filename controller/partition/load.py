@@ -17,12 +17,9 @@ from layerfleet.controller.partition.errors import PartitionError
 
 
 def _keras() -> Any:
-    import os
+    from layerfleet.controller.partition.tf import keras
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    return keras
+    return keras()
 
 
 def builtin_architectures() -> dict[str, Any]:
