@@ -30,6 +30,7 @@ from layerfleet import __version__
 from layerfleet.agent import sdnotify, transport
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
 from layerfleet.agent.identity import device_id
+from layerfleet.agent.link_server import LinkServer
 from layerfleet.agent.pipeline import Pipeline
 from layerfleet.agent.service import AgentService, runtime_label
 from layerfleet.agent.store import DEFAULT_QUOTA, ShardStore
@@ -55,6 +56,8 @@ class Settings:
     workers: int = 1             # shard runs at once
     quota_bytes: int = DEFAULT_QUOTA
     mdns: bool = True
+    link: bool = True            # serve and use activation links (gRPC Infer otherwise)
+    link_port: int = -1          # -1: the gRPC port + 1 (any free port if that is 0)
     controller: str = ""
     join_token: str = ""
     insecure: bool = False
@@ -90,7 +93,7 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
             merged.update(tomllib.loads(Path(args.config).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SystemExit(f"layerfleet-agent: cannot read config {args.config}: {exc}")
-        unknown = set(merged) - {f.name for f in fields(Settings)} - {"no_mdns"}
+        unknown = set(merged) - {f.name for f in fields(Settings)} - {"no_mdns", "no_link"}
         if unknown:
             raise SystemExit(f"layerfleet-agent: unknown setting(s) in {args.config}: "
                              f"{', '.join(sorted(unknown))}")
@@ -101,8 +104,9 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
     for name, value in vars(args).items():
         if name != "config" and value is not None:
             merged[name] = value
-    if merged.pop("no_mdns", False) in (True, "1", "true"):
-        merged["mdns"] = False
+    for flag in ("mdns", "link"):
+        if merged.pop(f"no_{flag}", False) in (True, "1", "true"):
+            merged[flag] = False
     kinds = {f.name: type(f.default) for f in fields(Settings)}
     return Settings(**{k: _coerce(k, v, kinds[k]) for k, v in merged.items()})
 
@@ -125,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help="Shard runs at the same time (default 1).")
     add("--quota-bytes", type=int, help="Disk quota for shards (default 1 GiB).")
     add("--no-mdns", action="store_const", const=True, help="Do not advertise over mDNS.")
+    add("--link-port", type=int,
+        help="Port of the activation link, the raw-TCP fast path for activations between "
+             "agents, on the --listen host (default: the gRPC port + 1; 0 picks a free "
+             "port).")
+    add("--no-link", action="store_const", const=True,
+        help="No activation link: serve and forward activations over gRPC Infer only.")
     add("--controller", help="Controller HOST:PORT to join (for agents off its LAN).")
     add("--join-token", help="Token from `layerfleet-controller token create`.")
     add("--insecure", action="store_const", const=True,
@@ -155,7 +165,8 @@ class AgentServer:
         threads = settings.threads or os.cpu_count() or 1
         self.pipeline = Pipeline(self.store, self.state_dir, self.device_id,
                                  workers=max(settings.workers, 1), threads_per_run=threads,
-                                 on_inference=self._record)
+                                 on_inference=self._record, use_links=settings.link)
+        self.link = LinkServer(self.pipeline) if settings.link else None
         self.health = health.aio.HealthServicer()
         self.server: Any = None
         self.service: AgentService | None = None
@@ -177,9 +188,21 @@ class AgentServer:
                                   insecure=self.settings.insecure)
         host = self.settings.listen.rsplit(":", 1)[0]
         self.address = self.settings.advertise or f"{host}:{port}"
+        link_port = 0
+        if self.link is not None:
+            wanted = self.settings.link_port
+            if wanted < 0:
+                wanted = port + 1 if int(self.settings.listen.rsplit(":", 1)[1]) else 0
+            try:
+                link_port = await self.link.start(host, wanted)
+            except OSError as exc:
+                raise OSError(f"cannot listen for the activation link on {host}:{wanted}: "
+                              f"{exc.strerror or exc}; pick another with --link-port, or "
+                              f"--no-link") from None
         self.service = AgentService(self.store, self.pipeline, self.telemetry,
                                     device_id=self.device_id, address=self.address,
-                                    allow_faults=self.settings.allow_faults)
+                                    allow_faults=self.settings.allow_faults,
+                                    link_port=link_port)
         agent_pb2_grpc.add_AgentServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -247,9 +270,12 @@ class AgentServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.server is not None:
-            # New calls are refused; calls in flight get the grace period to finish.
-            await self.server.stop(self.settings.grace_s if grace_s is None else grace_s)
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        # New calls are refused; calls in flight get the grace period to finish.
+        stopping = [self.server.stop(grace)] if self.server is not None else []
+        if self.link is not None:
+            stopping.append(self.link.stop(grace))
+        await asyncio.gather(*stopping)
         await self.pipeline.close()
 
 

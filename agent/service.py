@@ -16,23 +16,17 @@ import socket
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 import psutil
 from layerfleet import __version__
 from layerfleet.agent import runtime, tensors, wire
 from layerfleet.agent.energy import board_name
 from layerfleet.agent.pipeline import Pipeline
 from layerfleet.agent.store import ShardStore, StoreError
-from layerfleet.agent.stream import HopError
+from layerfleet.agent.session import STORE_STATUS, Answer, Session
 from layerfleet.agent.telemetry import Telemetry
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc, tensor_pb2
 
 log = logging.getLogger(__name__)
-UPLOAD_CHUNK = 1 << 20
-_STORE_STATUS = {"data_loss": grpc.StatusCode.DATA_LOSS,
-                 "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-                 "not_found": grpc.StatusCode.NOT_FOUND,
-                 "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT}
 
 
 def _specs(contracts: tuple[runtime.TensorContract, ...]) -> list[tensor_pb2.TensorSpec]:
@@ -52,16 +46,18 @@ def runtime_label() -> str:
 
 class AgentService(agent_pb2_grpc.AgentServicer):
     def __init__(self, store: ShardStore, pipeline: Pipeline, telemetry: Telemetry, *,
-                 device_id: str, address: str, allow_faults: bool = False) -> None:
+                 device_id: str, address: str, allow_faults: bool = False,
+                 link_port: int = 0) -> None:
         self.store = store
         self.pipeline = pipeline
         self.telemetry = telemetry
         self.device_id = device_id
         self.address = address
         self.allow_faults = allow_faults
+        self.link_port = link_port
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: StoreError) -> None:
-        await context.abort(_STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
+        await context.abort(STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
 
     # -- description ----------------------------------------------------------------------
 
@@ -71,7 +67,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             cores=os.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total,
             runtime=runtime_label(), version=__version__, shards=self.store.digests(),
             routes=list(self.pipeline.routes.values()), address=self.address,
-            board=board_name())
+            board=board_name(), link_port=self.link_port)
 
     async def Describe(self, request: agent_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> agent_pb2.DeviceInfo:
@@ -156,60 +152,36 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def Infer(self, request_iterator: AsyncIterator[agent_pb2.InferRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.InferResponse]:
         outbox: asyncio.Queue[agent_pb2.InferResponse | None] = asyncio.Queue()
-        running: dict[int, asyncio.Task[None]] = {}
-        assembler = wire.Assembler()
 
-        async def one(request_id: int, deployment: str, stage: int,
-                      inputs: dict[str, np.ndarray]) -> None:
-            try:
-                outcome = await self.pipeline.handle(deployment, stage, inputs)
-                messages = wire.responses(request_id, outcome.outputs, outcome.hops,
-                                          exited_at_stage=outcome.exited_at_stage)
-            except HopError as exc:
-                messages = wire.responses(request_id, None, [], status_code=exc.code.value[0],
-                                          status_message=exc.message)
-            except StoreError as exc:
-                code = _STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL)
-                messages = wire.responses(request_id, None, [], status_code=code.value[0],
-                                          status_message=str(exc))
-            except asyncio.CancelledError:
-                return  # cancelled by the sender: no answer
-            except Exception as exc:
-                log.exception("request %d failed", request_id)
-                messages = wire.responses(
-                    request_id, None, [], status_code=grpc.StatusCode.INTERNAL.value[0],
-                    status_message=f"{self.device_id}: internal error: {exc}")
-            finally:
-                running.pop(request_id, None)
-            for message in messages:
+        def send(answer: Answer) -> None:
+            for message in wire.responses(answer.request_id, answer.outputs, answer.hops,
+                                          exited_at_stage=answer.exited_at_stage,
+                                          status_code=answer.code.value[0],
+                                          status_message=answer.message):
                 outbox.put_nowait(message)
+
+        session = Session(self.pipeline, send)
+        assembler = wire.Assembler()
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
                     if message.cancel:
                         assembler.drop(message.request_id)
-                        task = running.pop(message.request_id, None)
-                        if task is not None:
-                            task.cancel()
+                        session.cancel(message.request_id)
                         continue
                     try:
                         done = assembler.add(message)
                     except tensors.TensorError as exc:
                         assembler.drop(message.request_id)
-                        for m in wire.responses(
-                                message.request_id, None, [],
-                                status_code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                                status_message=f"{self.device_id}: {exc}"):
-                            outbox.put_nowait(m)
+                        session.refuse(message.request_id, grpc.StatusCode.INVALID_ARGUMENT,
+                                       str(exc))
                         continue
-                    if done is None:
-                        continue
-                    first, inputs = done
-                    running[message.request_id] = asyncio.create_task(
-                        one(message.request_id, first.deployment, first.stage, inputs))
-                if running:
-                    await asyncio.gather(*running.values(), return_exceptions=True)
+                    if done is not None:
+                        first, inputs = done
+                        session.submit(message.request_id, first.deployment, first.stage,
+                                       inputs)
+                await session.drain()
             finally:
                 outbox.put_nowait(None)
 
@@ -219,8 +191,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 yield response
         finally:
             reader.cancel()
-            for task in list(running.values()):
-                task.cancel()
+            session.close()
 
     # -- telemetry and calibration --------------------------------------------------------
 

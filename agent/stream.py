@@ -1,10 +1,14 @@
-"""One persistent Infer stream to one agent, shared by many concurrent requests.
+"""One persistent connection to one agent, shared by many concurrent requests.
 
 Used for every hop: by an agent forwarding to its next stage, by the controller's router,
 and by AgentClient. Each call gets a fresh local request id (ids from different upstream
-senders would collide); responses are matched back by it. If the stream breaks, every
-request waiting on it fails with UNAVAILABLE naming the address, and the next call dials
-a new stream.
+senders would collide); answers are matched back by it.
+
+The connection is the agent's activation link (link.py) when it offers one
+(DeviceInfo.link_port) and the caller allows it, otherwise a gRPC Infer stream; both carry
+the same requests and answers. If the connection breaks, every request waiting on it
+fails with UNAVAILABLE naming the address, and the next call connects afresh (and asks
+again which way to go: a restarted agent may have moved its link port).
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import numpy as np
-from layerfleet.agent import transport, wire
+from layerfleet.agent import link, transport, wire
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 10.0
 
 
 class HopError(Exception):
@@ -43,95 +49,242 @@ def status_code(value: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
+class _Carrier(Protocol):
+    """One live connection: sends requests; answers reach InferStream._deliver."""
+
+    kind: str
+
+    @property
+    def alive(self) -> bool: ...
+    def send(self, request_id: int, deployment: str, stage: int,
+             arrays: Mapping[str, np.ndarray]) -> None: ...
+    def cancel(self, request_id: int) -> None: ...
+    async def writable(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 class InferStream:
     def __init__(self, address: str, *, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
-                 channel: grpc.aio.Channel | None = None) -> None:
+                 channel: grpc.aio.Channel | None = None, use_link: bool = True) -> None:
         self.address = address
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes   # gRPC only: the link sends each tensor whole
+        self.use_link = use_link
         self._channel = channel
         self._own_channel = channel is None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._outbox: asyncio.Queue[agent_pb2.InferRequest | None] | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._carrier: _Carrier | None = None
+        self._connecting: asyncio.Future[_Carrier] | None = None
 
     @property
     def outstanding(self) -> int:
         return len(self._pending)
 
-    def _ensure_stream(self) -> asyncio.Queue[agent_pb2.InferRequest | None]:
-        if self._outbox is not None and self._reader is not None and not self._reader.done():
-            return self._outbox
-        if self._channel is None:
-            self._channel = transport.channel(self.address)
-        outbox: asyncio.Queue[agent_pb2.InferRequest | None] = asyncio.Queue()
-
-        async def send():
-            while (message := await outbox.get()) is not None:
-                yield message
-
-        self._call = agent_pb2_grpc.AgentStub(self._channel).Infer(send())
-        self._outbox = outbox
-        self._reader = asyncio.create_task(self._read(self._call))
-        return outbox
-
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        assembler = wire.Assembler()
-        try:
-            async for message in call:
-                done = assembler.add(message)
-                if done is None:
-                    continue
-                last, arrays = done
-                future = self._pending.pop(message.request_id, None)
-                if future is None or future.done():
-                    continue  # cancelled meanwhile
-                if last.status_code:
-                    future.set_exception(HopError(status_code(last.status_code),
-                                                  last.status_message))
-                else:
-                    future.set_result(Reply(arrays, list(last.hops), last.exited_at_stage))
-            error = HopError(grpc.StatusCode.UNAVAILABLE,
-                             f"next hop {self.address} closed the stream")
-        except grpc.aio.AioRpcError as exc:
-            error = HopError(grpc.StatusCode.UNAVAILABLE,
-                             f"next hop {self.address} unavailable: {exc.details()}")
-        except asyncio.CancelledError:
-            error = HopError(grpc.StatusCode.CANCELLED, f"stream to {self.address} closed")
-        except Exception as exc:  # a malformed response must not hang its requests
-            log.exception("bad response from %s", self.address)
-            error = HopError(grpc.StatusCode.INTERNAL, f"bad response from {self.address}: {exc}")
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self._outbox = None
+    @property
+    def carrier(self) -> str:
+        """'link', 'grpc', or '' before the first request."""
+        return self._carrier.kind if self._carrier is not None else ""
 
     async def infer(self, deployment: str, stage: int, arrays: Mapping[str, np.ndarray]
                     ) -> Reply:
-        outbox = self._ensure_stream()
+        carrier = await self._ready()
+        await carrier.writable()
         request_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        for message in wire.requests(request_id, deployment, stage, arrays, self.chunk_bytes):
-            outbox.put_nowait(message)
+        try:
+            carrier.send(request_id, deployment, stage, arrays)
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
         try:
             return await future
         except asyncio.CancelledError:
             # The caller gave up (a hedged twin won): tell the hop to drop the work.
-            if self._pending.pop(request_id, None) is not None and self._outbox is outbox:
-                outbox.put_nowait(agent_pb2.InferRequest(request_id=request_id, cancel=True))
+            if self._pending.pop(request_id, None) is not None and carrier.alive:
+                carrier.cancel(request_id)
             raise
 
+    # -- connecting ----------------------------------------------------------------------
+
+    async def _ready(self) -> _Carrier:
+        if self._carrier is not None and self._carrier.alive:
+            return self._carrier
+        if self._connecting is None:   # concurrent first calls share one connect
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            self._carrier = await asyncio.shield(connecting)
+            return self._carrier
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+
+    async def _connect(self) -> _Carrier:
+        if self._channel is None:
+            self._channel = transport.channel(self.address)
+        if self.use_link:
+            try:
+                info = await agent_pb2_grpc.AgentStub(self._channel).Describe(
+                    agent_pb2.DescribeRequest(), timeout=CONNECT_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                raise HopError(grpc.StatusCode.UNAVAILABLE,
+                               f"next hop {self.address} unavailable: {exc.details()}") from None
+            if info.link_port:
+                host = self.address.rsplit(":", 1)[0].strip("[]")
+                try:
+                    return await _LinkCarrier.open(self, host, info.link_port)
+                except OSError as exc:
+                    log.warning("link to %s (port %d) failed: %s; using gRPC", self.address,
+                                info.link_port, exc)
+        return _GrpcCarrier(self, self._channel)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def _deliver(self, request_id: int, result: Reply | HopError) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is None or future.done():
+            return  # cancelled meanwhile
+        if isinstance(result, HopError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def _lost(self, carrier: _Carrier, error: HopError) -> None:
+        if self._carrier is carrier:
+            self._carrier = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
     async def close(self) -> None:
-        if self._outbox is not None:
-            self._outbox.put_nowait(None)
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._call is not None:
-            self._call.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+            if not self._connecting.cancelled() and self._connecting.exception() is None:
+                await self._connecting.result().close()
+            self._connecting = None
+        if self._carrier is not None:
+            await self._carrier.close()
+            self._carrier = None
         if self._own_channel and self._channel is not None:
             await self._channel.close()
             self._channel = None
+
+
+class _LinkCarrier:
+    """Requests over the agent's activation link."""
+
+    kind = "link"
+
+    def __init__(self, stream: InferStream) -> None:
+        self._stream = stream
+        self._conn: link.LinkConnection[agent_pb2.InferResponse] = link.LinkConnection(
+            agent_pb2.InferResponse, self._on_frame, self._on_lost)
+
+    @classmethod
+    async def open(cls, stream: InferStream, host: str, port: int) -> _LinkCarrier:
+        carrier = cls(stream)
+        await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+            lambda: carrier._conn, host, port, ssl=transport.link_client_ssl()),
+            CONNECT_TIMEOUT_S)
+        return carrier
+
+    @property
+    def alive(self) -> bool:
+        return not self._conn.closed
+
+    def send(self, request_id: int, deployment: str, stage: int,
+             arrays: Mapping[str, np.ndarray]) -> None:
+        self._conn.send(agent_pb2.InferRequest(request_id=request_id, deployment=deployment,
+                                               stage=stage), arrays)
+
+    def cancel(self, request_id: int) -> None:
+        self._conn.send(agent_pb2.InferRequest(request_id=request_id, cancel=True))
+
+    async def writable(self) -> None:
+        await self._conn.writable()
+
+    def _on_frame(self, frame: link.Frame[agent_pb2.InferResponse]) -> None:
+        m = frame.message
+        if frame.error is not None:
+            result: Reply | HopError = HopError(*frame.error)
+        elif m.status_code:
+            result = HopError(status_code(m.status_code), m.status_message)
+        else:
+            result = Reply(frame.arrays, list(m.hops), m.exited_at_stage)
+        self._stream._deliver(m.request_id, result)
+
+    def _on_lost(self, reason: str | None) -> None:
+        why = f": {reason}" if reason else ""
+        self._stream._lost(self, HopError(grpc.StatusCode.UNAVAILABLE,
+                                          f"next hop {self._stream.address} closed the link{why}"))
+
+    async def close(self) -> None:
+        self._conn.close()
+
+
+class _GrpcCarrier:
+    """Requests over a gRPC Infer stream (big tensors chunked, see wire.py)."""
+
+    kind = "grpc"
+
+    def __init__(self, stream: InferStream, channel: grpc.aio.Channel) -> None:
+        self._stream = stream
+        self._outbox: asyncio.Queue[agent_pb2.InferRequest | None] = asyncio.Queue()
+
+        async def send() -> AsyncIterator[agent_pb2.InferRequest]:
+            while (message := await self._outbox.get()) is not None:
+                yield message
+
+        self._call = agent_pb2_grpc.AgentStub(channel).Infer(send())
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def alive(self) -> bool:
+        return not self._reader.done()
+
+    def send(self, request_id: int, deployment: str, stage: int,
+             arrays: Mapping[str, np.ndarray]) -> None:
+        for message in wire.requests(request_id, deployment, stage, arrays,
+                                     self._stream.chunk_bytes):
+            self._outbox.put_nowait(message)
+
+    def cancel(self, request_id: int) -> None:
+        self._outbox.put_nowait(agent_pb2.InferRequest(request_id=request_id, cancel=True))
+
+    async def writable(self) -> None:
+        return None  # gRPC's own flow control holds the queue back
+
+    async def _read(self) -> None:
+        address = self._stream.address
+        assembler = wire.Assembler()
+        try:
+            async for message in self._call:
+                done = assembler.add(message)
+                if done is None:
+                    continue
+                last, arrays = done
+                if last.status_code:
+                    result: Reply | HopError = HopError(status_code(last.status_code),
+                                                        last.status_message)
+                else:
+                    result = Reply(arrays, list(last.hops), last.exited_at_stage)
+                self._stream._deliver(message.request_id, result)
+            error = HopError(grpc.StatusCode.UNAVAILABLE, f"next hop {address} closed the stream")
+        except grpc.aio.AioRpcError as exc:
+            error = HopError(grpc.StatusCode.UNAVAILABLE,
+                             f"next hop {address} unavailable: {exc.details()}")
+        except asyncio.CancelledError:
+            error = HopError(grpc.StatusCode.CANCELLED, f"stream to {address} closed")
+        except Exception as exc:  # a malformed response must not hang its requests
+            log.exception("bad response from %s", address)
+            error = HopError(grpc.StatusCode.INTERNAL, f"bad response from {address}: {exc}")
+        self._stream._lost(self, error)
+
+    async def close(self) -> None:
+        self._outbox.put_nowait(None)
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        self._call.cancel()

@@ -1,4 +1,5 @@
-"""The one place that makes gRPC servers' ports and channels, for agent and controller.
+"""The one place that makes gRPC servers' ports and channels, for agent and controller,
+and the activation link's TLS contexts (link.py).
 
 Today: plaintext, and a non-loopback listen address needs an explicit `--insecure` because
 anyone on the network could push shards or read activations. Mutual TLS (join token ->
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 
 import grpc
 
@@ -74,3 +76,14 @@ def channel(address: str) -> grpc.aio.Channel:
 def sync_channel(address: str) -> grpc.Channel:
     """A blocking channel (the CLI and the Python client)."""
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def link_server_ssl() -> ssl.SSLContext | None:
+    """TLS for the activation link's listener: None (plaintext) until mutual TLS lands; the
+    link listens on the --listen host, so the --insecure rule above covers it too."""
+    return None
+
+
+def link_client_ssl() -> ssl.SSLContext | None:
+    """TLS for dialing another agent's activation link (see link_server_ssl)."""
+    return None
