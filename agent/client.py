@@ -99,6 +99,11 @@ class AgentClient:
         return list((await self._unary(self._stub.ListRoutes,
                                        agent_pb2.ListRoutesRequest())).routes)
 
+    @property
+    def transport(self) -> str:
+        """How inference reaches the agent: 'link', 'grpc', or '' before the first call."""
+        return self._stream.carrier
+
     async def infer(self, deployment: str, inputs: Mapping[str, np.ndarray], *,
                     stage: int = 0) -> Reply:
         try:

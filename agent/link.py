@@ -131,33 +131,42 @@ class _Tensor:
     nbytes: int
 
 
+class _Unreadable(Exception):
+    """A frame whose tensors cannot be read: skipped, and answered with this status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.status = (code, message)
+
+
 def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len: int,
-          max_payload: int) -> tuple[list[_Tensor], tuple[grpc.StatusCode, str] | None]:
-    """The tensors a frame's payload holds, or why it cannot be read."""
+          max_payload: int) -> list[_Tensor]:
+    """The tensors a frame's payload holds (or _Unreadable saying why it cannot be read)."""
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
     if payload_len > max_payload:
-        return [], (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"request of {payload_len} bytes is over this agent's limit of "
-                    f"{max_payload} bytes per request")
+        raise _Unreadable(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"request of {payload_len} bytes is over this agent's limit of "
+                          f"{max_payload} bytes per request (--max-request-bytes)")
     plan: list[_Tensor] = []
     for t in message.tensors:
         try:
             dt = tensors.numpy_dtype(t.dtype)
         except tensors.TensorError as exc:
-            return [], (grpc.StatusCode.INVALID_ARGUMENT, f"tensor {t.name!r}: {exc}")
+            raise _Unreadable(invalid, f"tensor {t.name!r}: {exc}") from None
         shape = tuple(t.shape)
         if any(d < 0 for d in shape):
-            return [], (grpc.StatusCode.INVALID_ARGUMENT,
-                        f"tensor {t.name!r}: negative dimension in shape {list(shape)}")
+            raise _Unreadable(invalid, f"tensor {t.name!r}: negative dimension in shape "
+                                       f"{list(shape)}")
         if t.data or any(p.name == t.name for p in plan):
             why = "carries inline data" if t.data else "appears twice"
-            return [], (grpc.StatusCode.INVALID_ARGUMENT, f"tensor {t.name!r} {why}")
+            raise _Unreadable(invalid, f"tensor {t.name!r} {why}")
         plan.append(_Tensor(t.name, dt, shape, math.prod(shape) * dt.itemsize))
     total = sum(p.nbytes for p in plan)
     if total != payload_len:
-        return [], (grpc.StatusCode.INVALID_ARGUMENT,
-                    f"tensors {[f'{p.name} {p.dtype.name}{list(p.shape)}' for p in plan]} "
-                    f"need {total} bytes, the frame carries {payload_len}")
-    return plan, None
+        described = [f"{p.name} {p.dtype.name}{list(p.shape)}" for p in plan]
+        raise _Unreadable(invalid, f"tensors {described} need {total} bytes, the frame "
+                                   f"carries {payload_len}")
+    return plan
 
 
 class FrameReader(Generic[Message]):
@@ -242,8 +251,10 @@ class FrameReader(Generic[Message]):
                 self._start += header_len
                 self._fixed = None
                 self._frame = Frame(message)
-                self._plan, self._frame.error = _plan(message, payload_len, self._max_payload)
-                if self._frame.error:
+                try:
+                    self._plan = _plan(message, payload_len, self._max_payload)
+                except _Unreadable as exc:
+                    self._frame.error = exc.status
                     self._skip = payload_len
             elif self._skip:
                 step = min(self._skip, available)

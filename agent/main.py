@@ -55,6 +55,7 @@ class Settings:
     threads: int = 0             # LiteRT threads per shard run; 0 = all cores
     workers: int = 1             # shard runs at once
     quota_bytes: int = DEFAULT_QUOTA
+    max_request_bytes: int = 1 << 30   # tensor bytes in one Infer request
     mdns: bool = True
     link: bool = True            # serve and use activation links (gRPC Infer otherwise)
     link_port: int = -1          # -1: the gRPC port + 1 (any free port if that is 0)
@@ -128,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--threads", type=int, help="LiteRT threads per shard run (default: all cores).")
     add("--workers", type=int, help="Shard runs at the same time (default 1).")
     add("--quota-bytes", type=int, help="Disk quota for shards (default 1 GiB).")
+    add("--max-request-bytes", type=int,
+        help="Largest Infer request (tensor bytes) this agent accepts (default 1 GiB); "
+             "bigger ones get RESOURCE_EXHAUSTED.")
     add("--no-mdns", action="store_const", const=True, help="Do not advertise over mDNS.")
     add("--link-port", type=int,
         help="Port of the activation link, the raw-TCP fast path for activations between "
@@ -166,7 +170,8 @@ class AgentServer:
         self.pipeline = Pipeline(self.store, self.state_dir, self.device_id,
                                  workers=max(settings.workers, 1), threads_per_run=threads,
                                  on_inference=self._record, use_links=settings.link)
-        self.link = LinkServer(self.pipeline) if settings.link else None
+        self.link = (LinkServer(self.pipeline, max_payload_bytes=settings.max_request_bytes)
+                     if settings.link else None)
         self.health = health.aio.HealthServicer()
         self.server: Any = None
         self.service: AgentService | None = None
@@ -202,7 +207,8 @@ class AgentServer:
         self.service = AgentService(self.store, self.pipeline, self.telemetry,
                                     device_id=self.device_id, address=self.address,
                                     allow_faults=self.settings.allow_faults,
-                                    link_port=link_port)
+                                    link_port=link_port,
+                                    max_request_bytes=self.settings.max_request_bytes)
         agent_pb2_grpc.add_AgentServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -21,8 +21,8 @@ from layerfleet import __version__
 from layerfleet.agent import runtime, tensors, wire
 from layerfleet.agent.energy import board_name
 from layerfleet.agent.pipeline import Pipeline
-from layerfleet.agent.store import ShardStore, StoreError
 from layerfleet.agent.session import STORE_STATUS, Answer, Session
+from layerfleet.agent.store import ShardStore, StoreError
 from layerfleet.agent.telemetry import Telemetry
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc, tensor_pb2
 
@@ -47,7 +47,7 @@ def runtime_label() -> str:
 class AgentService(agent_pb2_grpc.AgentServicer):
     def __init__(self, store: ShardStore, pipeline: Pipeline, telemetry: Telemetry, *,
                  device_id: str, address: str, allow_faults: bool = False,
-                 link_port: int = 0) -> None:
+                 link_port: int = 0, max_request_bytes: int | None = None) -> None:
         self.store = store
         self.pipeline = pipeline
         self.telemetry = telemetry
@@ -55,6 +55,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self.address = address
         self.allow_faults = allow_faults
         self.link_port = link_port
+        self.max_request_bytes = max_request_bytes
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: StoreError) -> None:
         await context.abort(STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
@@ -161,7 +162,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 outbox.put_nowait(message)
 
         session = Session(self.pipeline, send)
-        assembler = wire.Assembler()
+        assembler = wire.Assembler(self.max_request_bytes)
 
         async def read() -> None:
             try:
@@ -172,6 +173,10 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         continue
                     try:
                         done = assembler.add(message)
+                    except wire.RequestTooLarge as exc:   # its other chunks are skipped
+                        session.refuse(message.request_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       str(exc))
+                        continue
                     except tensors.TensorError as exc:
                         assembler.drop(message.request_id)
                         session.refuse(message.request_id, grpc.StatusCode.INVALID_ARGUMENT,

@@ -76,36 +76,62 @@ def responses(request_id: int, arrays: Mapping[str, np.ndarray] | None,
                                       exited_at_stage=exited_at_stage)
 
 
+class RequestTooLarge(tensors.TensorError):
+    """A chunked request that grew past the agent's per-request limit."""
+
+
 @dataclass
 class _Partial:
     first: object
     parts: dict[str, list[bytes]] = field(default_factory=dict)
     meta: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    size: int = 0
 
 
 class Assembler:
-    """Collects chunked messages per request_id; returns (first message, arrays) when whole."""
+    """Collects chunked messages per request_id; returns (first message, arrays) when whole.
 
-    def __init__(self) -> None:
+    `max_bytes` bounds one request's tensor bytes (RequestTooLarge past it), so a sender
+    cannot make the agent buffer without end.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._partial: dict[int, _Partial] = {}
+        self._refused: set[int] = set()
+        self.max_bytes = max_bytes
 
     def add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse
             ) -> tuple[object, dict[str, np.ndarray]] | None:
-        partial = self._partial.get(message.request_id)
+        request_id = message.request_id
+        if request_id in self._refused:   # the rest of a request already refused
+            if not message.more:
+                self._refused.discard(request_id)
+            return None
+        partial = self._partial.get(request_id)
+        size = sum(len(t.data) for t in message.tensors) + (partial.size if partial else 0)
+        if self.max_bytes is not None and size > self.max_bytes:
+            self._partial.pop(request_id, None)
+            if message.more:
+                self._refused.add(request_id)
+            raise RequestTooLarge(f"request {request_id} carries more than {self.max_bytes} "
+                                  f"bytes of tensors, this agent's limit per request "
+                                  f"(--max-request-bytes)")
         if partial is None and not message.more:
             return message, tensors.decode_many(message.tensors)  # zero-copy path
         if partial is None:
-            partial = self._partial[message.request_id] = _Partial(first=message)
+            partial = self._partial[request_id] = _Partial(first=message)
+        partial.size = size
         for t in message.tensors:
             if t.name not in partial.meta:
                 partial.meta[t.name] = (t.dtype, tuple(t.shape))
             partial.parts.setdefault(t.name, []).append(t.data)
         if message.more:
             return None
-        del self._partial[message.request_id]
+        del self._partial[request_id]
         arrays = {name: tensors.from_bytes(b"".join(chunks), *partial.meta[name], name)
                   for name, chunks in partial.parts.items()}
         return message if isinstance(message, agent_pb2.InferResponse) else partial.first, arrays
 
     def drop(self, request_id: int) -> None:
         self._partial.pop(request_id, None)
+        self._refused.discard(request_id)

@@ -70,8 +70,9 @@ def mobilenet_split(tmp_path_factory, shard_cache) -> Split:
 
 
 def settings(state_dir: Path, **overrides) -> Settings:
-    return Settings(listen="127.0.0.1:0", state_dir=str(state_dir), mdns=False, threads=1,
-                    grace_s=2.0, **overrides)
+    defaults = {"listen": "127.0.0.1:0", "state_dir": str(state_dir), "mdns": False,
+                "threads": 1, "grace_s": 2.0}
+    return Settings(**{**defaults, **overrides})
 
 
 @pytest.fixture
