@@ -1,15 +1,22 @@
 """How thin the agent is, measured side by side in one run (ratios, not absolute times).
 
-    python bench/agent_latency.py [--requests 60]
+    python bench/agent_latency.py [--requests 60] [--rounds 3]
 
-1. Latency: MobileNetV2 (224x224) in 3 shards over 3 local agents (real processes, one
-   LiteRT thread each) / the same shards back to back in this process (one thread).
-   Per-hop overhead = (chain - local) / 3 (each agent adds one request and one reply hop).
-   Reference: a bare grpc.aio bidirectional round trip of 50 KB.
-2. Throughput: the model in 2 shards over 2 agents, 16 requests in flight, / the same 2
-   shards back to back in one process (one thread).
-3. Bandwidth: one 8 MiB activation to an agent (a shard that reduces it to 4 KB), for a
-   sweep of chunk sizes; bytes / (time - compute - small-message round trip).
+Every figure comes from this run; the variants are measured in interleaved rounds so the
+machine's noise hits them alike. Agents are real processes on loopback, one LiteRT thread
+per shard; "link" is the activation link (the default), "gRPC" the same agents started
+with --no-link (activations over gRPC Infer, 1 MiB chunks).
+
+1. Latency: MobileNetV2 224x224 in 3 shards over 3 agents / the same shards back to back
+   in this process. Per-hop overhead = (chain - one process) / 3: each agent adds one
+   request hop and one answer hop. Floors for the same bytes: a plain blocking socket
+   between two processes carrying each hop's activation and a 4 kB answer (what the
+   kernel charges), and a bare grpc.aio echo of 50 kB (the issue's reference).
+2. Throughput: the model in 2 shards over 2 agents / the same 2 shards back to back in
+   one thread, with 8 requests in flight (and a sweep of 2-16 over the link). Ceiling on
+   this machine: the two shards in two threads of one process with no transport at all.
+3. Bandwidth: one 8 MiB activation to an agent running a shard that reduces it to 4 kB;
+   bytes / (round trip - compute - small round trip).
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ import asyncio
 import os
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write  # noqa: E402
 
 BIN = Path(sys.executable).parent
+ANSWER_BYTES = 4096
+TRANSPORTS = ("link", "grpc")
+IN_FLIGHT_SWEEP = (2, 4, 16)
+
+
+# -- setup ---------------------------------------------------------------------------
 
 
 def build_splits(tmp: Path) -> dict[str, Path]:
-    import keras
-
     from layerfleet.controller.partition import Analysis, balanced_cuts, load_model, split_model
+    from layerfleet.controller.partition.tf import keras
 
     cache = Path(os.environ.get("LAYERFLEET_CACHE", tmp / "cache"))
     model = load_model("MobileNetV2", input_shape=(224, 224, 3))
@@ -48,21 +63,24 @@ def build_splits(tmp: Path) -> dict[str, Path]:
         out[f"mobilenet{n}"] = tmp / f"mobilenet{n}"
         split_model(model, balanced_cuts(analysis.profile, n), out[f"mobilenet{n}"],
                     cache_dir=cache, analysis=analysis)
-    inp = keras.Input((2048, 1024), name="big")
-    reducer = keras.Model(inp, keras.layers.GlobalAveragePooling1D(name="mean")(inp),
-                          name="reducer")
+    k = keras()
+    inp = k.Input((2048, 1024), name="big")
+    reducer = k.Model(inp, k.layers.GlobalAveragePooling1D(name="mean")(inp), name="reducer")
     out["reducer"] = tmp / "reducer"
     split_model(reducer, [], out["reducer"], cache_dir=cache)
     return out
 
 
 class Agents:
-    def __init__(self, tmp: Path, n: int) -> None:
-        self.procs, self.addresses = [], []
+    """n `layerfleet-agent` processes on loopback."""
+
+    def __init__(self, tmp: Path, n: int, *extra: str) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.addresses: list[str] = []
         for i in range(n):
             p = subprocess.Popen([str(BIN / "layerfleet-agent"), "--listen", "127.0.0.1:0",
                                   "--state-dir", str(tmp / f"agent-{i}-{time.time_ns()}"),
-                                  "--no-mdns", "--threads", "1"],
+                                  "--no-mdns", "--threads", "1", *extra],
                                  stderr=subprocess.PIPE, text=True)
             for line in p.stderr:
                 if "serving on" in line:
@@ -77,6 +95,10 @@ class Agents:
             p.wait(20)
 
 
+def start_agents(tmp: Path, n: int) -> dict[str, Agents]:
+    return {"link": Agents(tmp, n), "grpc": Agents(tmp, n, "--no-link")}
+
+
 async def deploy(directory: Path, addresses: list[str], name: str) -> None:
     from layerfleet.agent.client import AgentClient
     from layerfleet.controller.partition.manifest import Manifest
@@ -89,7 +111,107 @@ async def deploy(directory: Path, addresses: list[str], name: str) -> None:
                               next_hops=addresses[i + 1:i + 2])
 
 
-def local_latency(directory: Path, x: dict, runs: int) -> float:
+def clients(agents: dict[str, Agents]):
+    from layerfleet.agent.client import AgentClient
+
+    return {kind: AgentClient(a.addresses[0], use_link=kind == "link")
+            for kind, a in agents.items()}
+
+
+# -- floors and ceilings ---------------------------------------------------------------
+
+SOCKET_PEER = r"""
+import socket, struct
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buf = memoryview(bytearray(64 << 20)); answer = bytes(%d)
+while len(head := conn.recv(8, socket.MSG_WAITALL)) == 8:
+    n, got = struct.unpack("<Q", head)[0], 0
+    while got < n:
+        got += conn.recv_into(buf[got:n])
+    conn.sendall(answer)
+""" % ANSWER_BYTES
+
+
+def socket_floor(sizes: list[int], runs: int) -> list[float]:
+    """Seconds to send each size to another process over a blocking socket and get a 4 kB
+    answer back (fresh arrays, as activations are): the kernel's share of a hop."""
+    import socket
+
+    peer = subprocess.Popen([sys.executable, "-c", SOCKET_PEER], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        sock = socket.create_connection(("127.0.0.1", int(peer.stdout.readline())))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rng = np.random.default_rng(0)
+        out = []
+        for size in sizes:
+            arrays = [rng.integers(0, 255, size, dtype=np.uint8) for _ in range(8)]
+            times = []
+            for i in range(runs + 5):
+                t = time.perf_counter()
+                sock.sendall(struct.pack("<Q", size))
+                sock.sendall(arrays[i % len(arrays)])
+                sock.recv(ANSWER_BYTES, socket.MSG_WAITALL)
+                times.append(time.perf_counter() - t)
+            out.append(statistics.median(times[5:]))
+        sock.close()
+        return out
+    finally:
+        peer.kill()
+
+
+async def grpc_echo(address: str, runs: int, size: int = 50_000) -> float:
+    """A bare grpc.aio bidirectional round trip of `size` bytes to an agent's Echo."""
+    import grpc
+    from layerfleet.v1 import agent_pb2, agent_pb2_grpc
+
+    payload = agent_pb2.Blob(data=bytes(size))
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = agent_pb2_grpc.AgentStub(ch).Echo()
+        times = []
+        for _ in range(runs + 5):
+            t = time.perf_counter()
+            await call.write(payload)
+            await call.read()
+            times.append(time.perf_counter() - t)
+        await call.done_writing()
+    return statistics.median(times[5:])
+
+
+def two_thread_ceiling(directory: Path, xs: list[dict]) -> float:
+    """Requests/s of the two shards in two threads of one process, no transport: the best
+    any two-stage pipeline can do on this machine (the slower stage sets the pace)."""
+    from layerfleet.controller.partition.manifest import Manifest
+    from layerfleet.agent.runtime import ShardRunner
+
+    manifest = Manifest.load(directory)
+    runners = [ShardRunner(manifest.shard_path(directory, i), num_threads=1) for i in range(2)]
+    mids = [runners[0].run(x) for x in xs[:8]]
+    stage_inputs = [xs, [{t.name: m[t.name] for t in runners[1].inputs} for m in mids]]
+    rates: list[float] = [0.0, 0.0]
+
+    def loop(i: int) -> None:
+        inputs = stage_inputs[i]
+        started = time.perf_counter()
+        for k in range(len(xs)):
+            runners[i].run(inputs[k % len(inputs)])
+        rates[i] = len(xs) / (time.perf_counter() - started)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return min(rates)
+
+
+# -- the measurements ------------------------------------------------------------------
+
+
+def local_latencies(directory: Path, x: dict, runs: int) -> list[float]:
     from layerfleet.controller.partition.local import LocalPipeline
 
     pipe = LocalPipeline(directory, num_threads=1)
@@ -99,49 +221,17 @@ def local_latency(directory: Path, x: dict, runs: int) -> float:
         t = time.perf_counter()
         pipe.run(x)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
 
 
-async def chain_latency(address: str, x: dict, runs: int) -> float:
-    from layerfleet.agent.client import AgentClient
-
-    async with AgentClient(address) as c:
-        await c.infer("m", x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            await c.infer("m", x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-async def bare_grpc_round_trip(tmp: Path, runs: int, size: int = 50_000) -> float:
-    """A grpc.aio bidi echo of `size` bytes on loopback: the floor any hop pays."""
-    agents = Agents(tmp, 1)
-    try:
-        import grpc
-
-        from layerfleet.v1 import agent_pb2, agent_pb2_grpc
-
-        payload = agent_pb2.Blob(data=bytes(size))
-        async with grpc.aio.insecure_channel(agents.addresses[0]) as ch:
-            queue: asyncio.Queue = asyncio.Queue()
-
-            async def gen():
-                while (m := await queue.get()) is not None:
-                    yield m
-
-            call = agent_pb2_grpc.AgentStub(ch).Echo(gen())
-            times = []
-            for _ in range(runs + 5):
-                t = time.perf_counter()
-                await queue.put(payload)
-                await call.read()
-                times.append(time.perf_counter() - t)
-            await queue.put(None)
-        return statistics.median(times[5:])
-    finally:
-        agents.stop()
+async def chain_latencies(client, x: dict, runs: int) -> list[float]:
+    await client.infer("m", x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        await client.infer("m", x)
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def local_throughput(directory: Path, xs: list[dict]) -> float:
@@ -155,27 +245,31 @@ def local_throughput(directory: Path, xs: list[dict]) -> float:
     return len(xs) / (time.perf_counter() - t)
 
 
-async def chain_throughput(address: str, xs: list[dict], in_flight: int = 16) -> float:
+async def chain_throughput(client, xs: list[dict], in_flight: int = 8) -> float:
+    await client.infer("m", xs[0])
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(x: dict) -> None:
+        async with sem:
+            await client.infer("m", x)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one(x) for x in xs))
+    return len(xs) / (time.perf_counter() - t)
+
+
+async def bandwidth(address: str, use_link: bool, chunk_bytes: int, runs: int) -> float:
     from layerfleet.agent.client import AgentClient
-
-    async with AgentClient(address) as c:
-        await c.infer("m", xs[0])
-        sem = asyncio.Semaphore(in_flight)
-
-        async def one(x):
-            async with sem:
-                await c.infer("m", x)
-
-        t = time.perf_counter()
-        await asyncio.gather(*(one(x) for x in xs))
-        return len(xs) / (time.perf_counter() - t)
-
-
-async def bandwidth(address: str, chunk_bytes: int, runs: int) -> tuple[float, float]:
     from layerfleet.agent.stream import InferStream
 
     big = {"big": np.random.default_rng(0).random((1, 2048, 1024), dtype=np.float32)}
-    stream = InferStream(address, chunk_bytes=chunk_bytes)
+    async with AgentClient(address) as c:   # a small round trip, to subtract
+        await c.describe()
+        t = time.perf_counter()
+        for _ in range(20):
+            await c.describe()
+        small_rtt = (time.perf_counter() - t) / 20
+    stream = InferStream(address, chunk_bytes=chunk_bytes, use_link=use_link)
     try:
         await stream.infer("r", 0, big)
         times, computes = [], []
@@ -184,106 +278,141 @@ async def bandwidth(address: str, chunk_bytes: int, runs: int) -> tuple[float, f
             reply = await stream.infer("r", 0, big)
             times.append(time.perf_counter() - t)
             computes.append(reply.hops[0].compute_s + reply.hops[0].queue_s)
-        return statistics.median(times), statistics.median(computes)
+        seconds = statistics.median(times) - statistics.median(computes) - small_rtt
+        return big["big"].nbytes / max(seconds, 1e-9)
     finally:
         await stream.close()
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 async def run(args: argparse.Namespace) -> None:
+    from layerfleet.controller.partition.manifest import Manifest
+
     tmp = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     splits = build_splits(tmp)
     rng = np.random.default_rng(0)
-    x = {"input_layer": rng.random((1, 224, 224, 3), dtype=np.float32)}
-    from layerfleet.controller.partition.manifest import Manifest
-
-    x = {Manifest.load(splits["mobilenet3"]).inputs[0].name: x["input_layer"]}
-    results: dict = {}
+    manifest = Manifest.load(splits["mobilenet3"])
+    x = {manifest.inputs[0].name: rng.random((1, 224, 224, 3), dtype=np.float32)}
+    results: dict = {"rounds": args.rounds, "requests_per_round": args.requests}
 
     # 1. latency, 3 shards
-    agents = Agents(tmp, 3)
+    agents = start_agents(tmp, 3)
+    local: list[float] = []
+    chain: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
     try:
-        await deploy(splits["mobilenet3"], agents.addresses, "m")
-        local = local_latency(splits["mobilenet3"], x, args.requests)
-        chain = await chain_latency(agents.addresses[0], x, args.requests)
-        local_again = local_latency(splits["mobilenet3"], x, args.requests)
+        for a in agents.values():
+            await deploy(splits["mobilenet3"], a.addresses, "m")
+        cs = clients(agents)
+        for _ in range(args.rounds):
+            local += local_latencies(splits["mobilenet3"], x, args.requests)
+            for kind in TRANSPORTS:
+                chain[kind] += await chain_latencies(cs[kind], x, args.requests)
+        assert [c.transport for c in cs.values()] == list(TRANSPORTS)
+        for c in cs.values():
+            await c.close()
+        echo_50k = await grpc_echo(agents["link"].addresses[0], 200)
     finally:
-        agents.stop()
-    local = min(local, local_again)  # both measured around the chain: fairer on a noisy box
-    bare = await bare_grpc_round_trip(tmp, 200)
-    per_hop = (chain - local) / 3
-    # The gRPC floor of this chain: each hop carries its activation one way and the 4 KB
-    # output back; half an echo of each, measured the same way.
-    manifest = Manifest.load(splits["mobilenet3"])
+        for a in agents.values():
+            a.stop()
     hop_bytes = [sum(int(np.prod(t.shape)) * 4 for t in s.inputs) for s in manifest.shards]
-    out_bytes = sum(int(np.prod(t.shape)) * 4 for t in manifest.outputs)
-    floor = 0.0
-    for nbytes in hop_bytes:
-        floor += (await bare_grpc_round_trip(tmp, 50, nbytes)) / 2
-        floor += (await bare_grpc_round_trip(tmp, 50, out_bytes)) / 2
-    results["latency"] = {"local_s": local, "chain_s": chain, "ratio": chain / local,
-                          "per_hop_overhead_ms": per_hop * 1000,
-                          "bare_grpc_50kB_round_trip_ms": bare * 1000,
-                          "hop_bytes": hop_bytes, "grpc_floor_ms": floor * 1000,
-                          "overhead_above_grpc_floor_ms_per_hop":
-                              (chain - local - floor) / 3 * 1000}
+    floor = socket_floor(hop_bytes, 100)
+    local_s = _median(local)
+    results["latency"] = {
+        "one_process_s": local_s, "hop_bytes": hop_bytes,
+        "socket_floor_per_hop_ms": [f * 1000 for f in floor],
+        "bare_grpc_50kB_round_trip_ms": echo_50k * 1000,
+        **{kind: {"chain_s": _median(chain[kind]), "ratio": _median(chain[kind]) / local_s,
+                  "per_hop_overhead_ms": (_median(chain[kind]) - local_s) / 3 * 1000}
+           for kind in TRANSPORTS}}
 
     # 2. throughput, 2 shards
     xs = [{k: rng.random(v.shape, dtype=np.float32) for k, v in x.items()}
           for _ in range(args.requests * 2)]
-    agents = Agents(tmp, 2)
+    agents = start_agents(tmp, 2)
+    rates: dict[str, list[float]] = {k: [] for k in ("one_process", "ceiling", *TRANSPORTS)}
+    window: dict[int, list[float]] = {n: [] for n in IN_FLIGHT_SWEEP}
     try:
-        await deploy(splits["mobilenet2"], agents.addresses, "m")
-        one_process = local_throughput(splits["mobilenet2"], xs)
-        pipelined = await chain_throughput(agents.addresses[0], xs)
+        for a in agents.values():
+            await deploy(splits["mobilenet2"], a.addresses, "m")
+        cs = clients(agents)
+        for _ in range(args.rounds):
+            rates["one_process"].append(local_throughput(splits["mobilenet2"], xs))
+            rates["ceiling"].append(two_thread_ceiling(splits["mobilenet2"], xs))
+            for kind in TRANSPORTS:
+                rates[kind].append(await chain_throughput(cs[kind], xs))
+            for n in IN_FLIGHT_SWEEP:
+                window[n].append(await chain_throughput(cs["link"], xs, n))
+        for c in cs.values():
+            await c.close()
     finally:
-        agents.stop()
-    results["throughput"] = {"one_process_rps": one_process, "two_agents_rps": pipelined,
-                             "ratio": pipelined / one_process}
+        for a in agents.values():
+            a.stop()
+    one = _median(rates["one_process"])
+    results["throughput"] = {f"{k}_rps": _median(v) for k, v in rates.items()}
+    results["throughput"].update({f"{k}_ratio": _median(v) / one for k, v in rates.items()
+                                  if k != "one_process"})
+    results["throughput"]["in_flight"] = 8
+    results["throughput"]["link_ratio_by_in_flight"] = {str(n): _median(v) / one
+                                                        for n, v in window.items()}
 
-    # 3. bandwidth, 8 MiB activation, chunk sweep
-    agents = Agents(tmp, 1)
-    sweep = {}
+    # 3. bandwidth, 8 MiB activation
+    agents = start_agents(tmp, 1)
+    sweep: dict[str, float] = {}
     try:
-        await deploy(splits["reducer"], agents.addresses, "r")
-        from layerfleet.agent.client import AgentClient
-
-        async with AgentClient(agents.addresses[0]) as c:
-            await c.describe()
-            t = time.perf_counter()
-            for _ in range(20):
-                await c.describe()
-            small_rtt = (time.perf_counter() - t) / 20
-        for chunk in (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20):
-            total, compute = await bandwidth(agents.addresses[0], chunk, 8)
-            nbytes = 2048 * 1024 * 4
-            sweep[chunk] = nbytes / max(total - compute - small_rtt, 1e-9)
+        for a in agents.values():
+            await deploy(splits["reducer"], a.addresses, "r")
+        for _ in range(args.rounds):
+            sweep.setdefault("link", [])
+            sweep["link"].append(await bandwidth(agents["link"].addresses[0], True, 0, 8))
+            for chunk in (256 << 10, 1 << 20, 4 << 20):
+                sweep.setdefault(f"grpc_chunk_{chunk >> 10}KiB", []).append(
+                    await bandwidth(agents["grpc"].addresses[0], False, chunk, 8))
     finally:
-        agents.stop()
+        for a in agents.values():
+            a.stop()
     results["bandwidth"] = {"activation_bytes": 8 << 20,
-                            "by_chunk_bytes_Bps": {str(k): v for k, v in sweep.items()},
-                            "default_chunk_bytes": 1 << 20,
-                            "default_Bps": sweep[1 << 20]}
-
-    lat, thr = results["latency"], results["throughput"]
-    print("MobileNetV2 224x224, LiteRT 1 thread per shard\n")
-    print(f"latency   3 agents {lat['chain_s'] * 1000:7.2f} ms   one process "
-          f"{lat['local_s'] * 1000:7.2f} ms   ratio {lat['ratio']:.3f} (goal <= 1.15)")
-    print(f"per-hop overhead {lat['per_hop_overhead_ms']:.3f} ms (goal <= 0.35); bare grpc.aio "
-          f"50 KB round trip here {lat['bare_grpc_50kB_round_trip_ms']:.3f} ms")
-    print(f"activations per hop {[f'{b / 1e3:.0f} kB' for b in lat['hop_bytes']]}: bare gRPC "
-          f"moving them costs {lat['grpc_floor_ms']:.2f} ms; layerfleet adds "
-          f"{lat['overhead_above_grpc_floor_ms_per_hop']:.3f} ms per hop above that")
-    print(f"throughput 2 agents {thr['two_agents_rps']:6.1f}/s   one process "
-          f"{thr['one_process_rps']:6.1f}/s   ratio {thr['ratio']:.2f} (goal >= 1.7)")
-    print("hop bandwidth, 8 MiB activation:")
-    for chunk, bps in sweep.items():
-        print(f"  chunk {chunk >> 10:6d} KiB  {bps / 1e9:6.2f} GB/s")
+                            "Bps": {k: _median(v) for k, v in sweep.items()}}
+    report(results)
     write("agent_latency", results)
+
+
+def report(results: dict) -> None:
+    lat, thr, bw = results["latency"], results["throughput"], results["bandwidth"]["Bps"]
+    floor = lat["socket_floor_per_hop_ms"]
+    row: Callable[..., None] = lambda *cells: print("  ".join(f"{c:>16}" for c in cells))
+    print(f"MobileNetV2 224x224, LiteRT 1 thread per shard, {results['rounds']} rounds x "
+          f"{results['requests_per_round']} requests\n")
+    print(f"latency, 3 shards: one process {lat['one_process_s'] * 1000:.2f} ms; activations "
+          f"per hop {[f'{b / 1e3:.0f} kB' for b in lat['hop_bytes']]}")
+    row("", "chain ms", "/ one process", "per hop ms")
+    for kind in TRANSPORTS:
+        k = lat[kind]
+        row(kind, f"{k['chain_s'] * 1000:.2f}", f"{k['ratio']:.3f}",
+            f"{k['per_hop_overhead_ms']:.3f}")
+    print(f"goals: ratio <= 1.15, per hop <= 0.35 ms. Floors: a blocking socket between two "
+          f"processes moves these hops (+4 kB back) in {', '.join(f'{f:.3f}' for f in floor)} "
+          f"ms (mean {statistics.mean(floor):.3f}); bare grpc.aio 50 kB round trip "
+          f"{lat['bare_grpc_50kB_round_trip_ms']:.3f} ms\n")
+    print(f"throughput, 2 shards, {thr['in_flight']} in flight: one process "
+          f"{thr['one_process_rps']:.1f}/s")
+    row("", "requests/s", "/ one process")
+    for kind in ("ceiling", *TRANSPORTS):
+        row(kind, f"{thr[f'{kind}_rps']:.1f}", f"{thr[f'{kind}_ratio']:.2f}")
+    sweep = ", ".join(f"{n}: {r:.2f}" for n, r in thr["link_ratio_by_in_flight"].items())
+    print(f"goal >= 1.7; ceiling = the two shards in two threads of one process, no "
+          f"transport. Link ratio by requests in flight: {sweep}\n")
+    print("hop bandwidth, 8 MiB activation (goal >= 1 GB/s):")
+    for kind, bps in bw.items():
+        print(f"  {kind:<20} {bps / 1e9:6.2f} GB/s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
     asyncio.run(run(parser.parse_args()))
 
 
