@@ -1,7 +1,7 @@
 """AgentClient: the asyncio client of one agent (used by the controller, tests, benchmarks).
 
 All inference goes over one persistent multiplexed connection (stream.py): the agent's
-activation link when it has one, else a gRPC Infer stream. Errors come back as
+data port (raw TCP) when it has one, else a gRPC Infer stream. Errors come back as
 AgentError with the agent's status code and message.
 """
 
@@ -40,13 +40,13 @@ def _wrap(exc: grpc.aio.AioRpcError, address: str) -> AgentError:
 
 
 class AgentClient:
-    def __init__(self, address: str, *, timeout_s: float = 30.0, use_link: bool = True) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 30.0, use_data_port: bool = True) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self._channel = transport.channel(address)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
-        # Inference over the agent's activation link when it offers one (stream.py).
-        self._stream = InferStream(address, channel=self._channel, use_link=use_link)
+        # Inference over the agent's data port when it offers one (stream.py).
+        self._stream = InferStream(address, channel=self._channel, use_data_port=use_data_port)
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -101,7 +101,7 @@ class AgentClient:
 
     @property
     def transport(self) -> str:
-        """How inference reaches the agent: 'link', 'grpc', or '' before the first call."""
+        """How inference reaches the agent: 'dataport', 'grpc', or '' before the first call."""
         return self._stream.carrier
 
     async def infer(self, deployment: str, inputs: Mapping[str, np.ndarray], *,

@@ -28,9 +28,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from layerfleet import __version__
 from layerfleet.agent import sdnotify, transport
+from layerfleet.agent.dataport_server import DataPortServer
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
 from layerfleet.agent.identity import device_id
-from layerfleet.agent.link_server import LinkServer
 from layerfleet.agent.pipeline import Pipeline
 from layerfleet.agent.service import AgentService, runtime_label
 from layerfleet.agent.store import DEFAULT_QUOTA, ShardStore
@@ -57,8 +57,7 @@ class Settings:
     quota_bytes: int = DEFAULT_QUOTA
     max_request_bytes: int = 1 << 30   # tensor bytes in one Infer request
     mdns: bool = True
-    link: bool = True            # serve and use activation links (gRPC Infer otherwise)
-    link_port: int = -1          # -1: the gRPC port + 1 (any free port if that is 0)
+    data_port: str = "auto"      # auto (gRPC port + 1), off, or a port number (0: any)
     controller: str = ""
     join_token: str = ""
     insecure: bool = False
@@ -94,7 +93,7 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
             merged.update(tomllib.loads(Path(args.config).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SystemExit(f"layerfleet-agent: cannot read config {args.config}: {exc}")
-        unknown = set(merged) - {f.name for f in fields(Settings)} - {"no_mdns", "no_link"}
+        unknown = set(merged) - {f.name for f in fields(Settings)} - {"no_mdns"}
         if unknown:
             raise SystemExit(f"layerfleet-agent: unknown setting(s) in {args.config}: "
                              f"{', '.join(sorted(unknown))}")
@@ -105,11 +104,15 @@ def load_settings(argv: list[str] | None = None, env: dict[str, str] | None = No
     for name, value in vars(args).items():
         if name != "config" and value is not None:
             merged[name] = value
-    for flag in ("mdns", "link"):
-        if merged.pop(f"no_{flag}", False) in (True, "1", "true"):
-            merged[flag] = False
+    if merged.pop("no_mdns", False) in (True, "1", "true"):
+        merged["mdns"] = False
     kinds = {f.name: type(f.default) for f in fields(Settings)}
-    return Settings(**{k: _coerce(k, v, kinds[k]) for k, v in merged.items()})
+    settings = Settings(**{k: _coerce(k, v, kinds[k]) for k, v in merged.items()})
+    if settings.data_port not in ("auto", "off") and not (
+            settings.data_port.isdigit() and int(settings.data_port) <= 65535):
+        raise SystemExit(f"layerfleet-agent: --data-port {settings.data_port!r} is not 'auto', "
+                         f"'off' or a port number")
+    return settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,12 +136,12 @@ def _parser() -> argparse.ArgumentParser:
         help="Largest Infer request (tensor bytes) this agent accepts (default 1 GiB); "
              "bigger ones get RESOURCE_EXHAUSTED.")
     add("--no-mdns", action="store_const", const=True, help="Do not advertise over mDNS.")
-    add("--link-port", type=int,
-        help="Port of the activation link, the raw-TCP fast path for activations between "
-             "agents, on the --listen host (default: the gRPC port + 1; 0 picks a free "
-             "port).")
-    add("--no-link", action="store_const", const=True,
-        help="No activation link: serve and forward activations over gRPC Infer only.")
+    add("--data-port",
+        help="Where activations arrive: a raw-TCP port on the --listen host beside the gRPC "
+             "port, used by every sender that finds it (DeviceInfo.data_port). 'auto' "
+             "(default): the gRPC port + 1, or any free port when that is 0; a number (0: "
+             "any free port); 'off': activations over gRPC Infer only, here and to next "
+             "hops.")
     add("--controller", help="Controller HOST:PORT to join (for agents off its LAN).")
     add("--join-token", help="Token from `layerfleet-controller token create`.")
     add("--insecure", action="store_const", const=True,
@@ -151,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     add("--busy-watts", type=float, help="Board full-load power for the power model.")
     add("--log-level", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _data_port(setting: str, grpc_port: int, listen: str) -> int:
+    """The port to serve activations on, from a --data-port setting checked by load_settings."""
+    if setting == "auto":
+        return grpc_port + 1 if int(listen.rsplit(":", 1)[1]) else 0
+    return int(setting)
 
 
 class AgentServer:
@@ -169,9 +179,11 @@ class AgentServer:
         threads = settings.threads or os.cpu_count() or 1
         self.pipeline = Pipeline(self.store, self.state_dir, self.device_id,
                                  workers=max(settings.workers, 1), threads_per_run=threads,
-                                 on_inference=self._record, use_links=settings.link)
-        self.link = (LinkServer(self.pipeline, max_payload_bytes=settings.max_request_bytes)
-                     if settings.link else None)
+                                 on_inference=self._record,
+                                 use_data_ports=settings.data_port != "off")
+        self.dataport = (DataPortServer(self.pipeline,
+                                        max_payload_bytes=settings.max_request_bytes)
+                         if settings.data_port != "off" else None)
         self.health = health.aio.HealthServicer()
         self.server: Any = None
         self.service: AgentService | None = None
@@ -193,21 +205,19 @@ class AgentServer:
                                   insecure=self.settings.insecure)
         host = self.settings.listen.rsplit(":", 1)[0]
         self.address = self.settings.advertise or f"{host}:{port}"
-        link_port = 0
-        if self.link is not None:
-            wanted = self.settings.link_port
-            if wanted < 0:
-                wanted = port + 1 if int(self.settings.listen.rsplit(":", 1)[1]) else 0
+        data_port = 0
+        if self.dataport is not None:
+            wanted = _data_port(self.settings.data_port, port, self.settings.listen)
             try:
-                link_port = await self.link.start(host, wanted)
+                data_port = await self.dataport.start(host, wanted)
             except OSError as exc:
-                raise OSError(f"cannot listen for the activation link on {host}:{wanted}: "
-                              f"{exc.strerror or exc}; pick another with --link-port, or "
-                              f"--no-link") from None
+                raise OSError(f"cannot listen for activations on {host}:{wanted}: "
+                              f"{exc.strerror or exc}; pick another with --data-port, or "
+                              f"--data-port off") from None
         self.service = AgentService(self.store, self.pipeline, self.telemetry,
                                     device_id=self.device_id, address=self.address,
                                     allow_faults=self.settings.allow_faults,
-                                    link_port=link_port,
+                                    data_port=data_port,
                                     max_request_bytes=self.settings.max_request_bytes)
         agent_pb2_grpc.add_AgentServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -279,8 +289,8 @@ class AgentServer:
         grace = self.settings.grace_s if grace_s is None else grace_s
         # New calls are refused; calls in flight get the grace period to finish.
         stopping = [self.server.stop(grace)] if self.server is not None else []
-        if self.link is not None:
-            stopping.append(self.link.stop(grace))
+        if self.dataport is not None:
+            stopping.append(self.dataport.stop(grace))
         await asyncio.gather(*stopping)
         await self.pipeline.close()
 

@@ -95,14 +95,14 @@ class Pipeline:
     def __init__(self, store: ShardStore, state_dir: Path, device_id: str, *,
                  workers: int = 1, threads_per_run: int | None = None,
                  on_inference: Callable[[str, float], None] | None = None,
-                 chunk_bytes: int | None = None, use_links: bool = True) -> None:
+                 chunk_bytes: int | None = None, use_data_ports: bool = True) -> None:
         self.store = store
         self.state_dir = state_dir
         self.device_id = device_id
         self.compute = Compute(workers, threads_per_run, store.load)
         self.on_inference = on_inference
         self.chunk_bytes = chunk_bytes
-        self.use_links = use_links   # reach next hops over their activation links
+        self.use_data_ports = use_data_ports   # reach next hops on their data ports
         self.routes: dict[tuple[str, int], agent_pb2.Route] = {}
         self.contracts: dict[str, ShardRunner] = {}  # for checking inputs on the event loop
         self.hops: dict[str, InferStream] = {}
@@ -149,7 +149,7 @@ class Pipeline:
         self.routes[(route.deployment, route.stage)] = route
         for address in route.next_hops:
             if address not in self.hops:
-                self.hops[address] = InferStream(address, use_link=self.use_links, **(
+                self.hops[address] = InferStream(address, use_data_port=self.use_data_ports, **(
                     {"chunk_bytes": self.chunk_bytes} if self.chunk_bytes else {}))
         if persist:
             self._persist()

@@ -47,14 +47,14 @@ def runtime_label() -> str:
 class AgentService(agent_pb2_grpc.AgentServicer):
     def __init__(self, store: ShardStore, pipeline: Pipeline, telemetry: Telemetry, *,
                  device_id: str, address: str, allow_faults: bool = False,
-                 link_port: int = 0, max_request_bytes: int | None = None) -> None:
+                 data_port: int = 0, max_request_bytes: int | None = None) -> None:
         self.store = store
         self.pipeline = pipeline
         self.telemetry = telemetry
         self.device_id = device_id
         self.address = address
         self.allow_faults = allow_faults
-        self.link_port = link_port
+        self.data_port = data_port
         self.max_request_bytes = max_request_bytes
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: StoreError) -> None:
@@ -68,7 +68,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             cores=os.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total,
             runtime=runtime_label(), version=__version__, shards=self.store.digests(),
             routes=list(self.pipeline.routes.values()), address=self.address,
-            board=board_name(), link_port=self.link_port)
+            board=board_name(), data_port=self.data_port)
 
     async def Describe(self, request: agent_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> agent_pb2.DeviceInfo:

@@ -1,4 +1,4 @@
-"""One upstream sender's requests: an Infer stream (gRPC) or a link connection.
+"""One upstream sender's requests: an Infer stream (gRPC) or a data-port connection.
 
 Each request runs as its own task through the pipeline; its answer (outputs and hop
 timings, or a status a person can act on) goes back through `send`. A cancel from the

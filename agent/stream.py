@@ -4,11 +4,11 @@ Used for every hop: by an agent forwarding to its next stage, by the controller'
 and by AgentClient. Each call gets a fresh local request id (ids from different upstream
 senders would collide); answers are matched back by it.
 
-The connection is the agent's activation link (link.py) when it offers one
-(DeviceInfo.link_port) and the caller allows it, otherwise a gRPC Infer stream; both carry
+The connection is the agent's data port (dataport.py) when it offers one
+(DeviceInfo.data_port) and the caller allows it, otherwise a gRPC Infer stream; both carry
 the same requests and answers. If the connection breaks, every request waiting on it
 fails with UNAVAILABLE naming the address, and the next call connects afresh (and asks
-again which way to go: a restarted agent may have moved its link port).
+again which way to go: a restarted agent may have moved its data port).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Protocol
 
 import grpc
 import numpy as np
-from layerfleet.agent import link, transport, wire
+from layerfleet.agent import dataport, transport, wire
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,10 @@ class _Carrier(Protocol):
 
 class InferStream:
     def __init__(self, address: str, *, chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
-                 channel: grpc.aio.Channel | None = None, use_link: bool = True) -> None:
+                 channel: grpc.aio.Channel | None = None, use_data_port: bool = True) -> None:
         self.address = address
-        self.chunk_bytes = chunk_bytes   # gRPC only: the link sends each tensor whole
-        self.use_link = use_link
+        self.chunk_bytes = chunk_bytes   # gRPC only: the data port sends tensors whole
+        self.use_data_port = use_data_port
         self._channel = channel
         self._own_channel = channel is None
         self._ids = itertools.count(1)
@@ -82,7 +82,7 @@ class InferStream:
 
     @property
     def carrier(self) -> str:
-        """'link', 'grpc', or '' before the first request."""
+        """'dataport', 'grpc', or '' before the first request."""
         return self._carrier.kind if self._carrier is not None else ""
 
     async def infer(self, deployment: str, stage: int, arrays: Mapping[str, np.ndarray]
@@ -123,20 +123,20 @@ class InferStream:
     async def _connect(self) -> _Carrier:
         if self._channel is None:
             self._channel = transport.channel(self.address)
-        if self.use_link:
+        if self.use_data_port:
             try:
                 info = await agent_pb2_grpc.AgentStub(self._channel).Describe(
                     agent_pb2.DescribeRequest(), timeout=CONNECT_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 raise HopError(grpc.StatusCode.UNAVAILABLE,
                                f"next hop {self.address} unavailable: {exc.details()}") from None
-            if info.link_port:
+            if info.data_port:
                 host = self.address.rsplit(":", 1)[0].strip("[]")
                 try:
-                    return await _LinkCarrier.open(self, host, info.link_port)
+                    return await _DataPortCarrier.open(self, host, info.data_port)
                 except OSError as exc:
-                    log.warning("link to %s (port %d) failed: %s; using gRPC", self.address,
-                                info.link_port, exc)
+                    log.warning("data port of %s (%d) refused: %s; using gRPC", self.address,
+                                info.data_port, exc)
         return _GrpcCarrier(self, self._channel)
 
     # -- answers -------------------------------------------------------------------------
@@ -173,21 +173,21 @@ class InferStream:
             self._channel = None
 
 
-class _LinkCarrier:
-    """Requests over the agent's activation link."""
+class _DataPortCarrier:
+    """Requests over the agent's data port."""
 
-    kind = "link"
+    kind = "dataport"
 
     def __init__(self, stream: InferStream) -> None:
         self._stream = stream
-        self._conn: link.LinkConnection[agent_pb2.InferResponse] = link.LinkConnection(
+        self._conn: dataport.DataConnection[agent_pb2.InferResponse] = dataport.DataConnection(
             agent_pb2.InferResponse, self._on_frame, self._on_lost)
 
     @classmethod
-    async def open(cls, stream: InferStream, host: str, port: int) -> _LinkCarrier:
+    async def open(cls, stream: InferStream, host: str, port: int) -> _DataPortCarrier:
         carrier = cls(stream)
         await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-            lambda: carrier._conn, host, port, ssl=transport.link_client_ssl()),
+            lambda: carrier._conn, host, port, ssl=transport.data_port_client_ssl()),
             CONNECT_TIMEOUT_S)
         return carrier
 
@@ -206,7 +206,7 @@ class _LinkCarrier:
     async def writable(self) -> None:
         await self._conn.writable()
 
-    def _on_frame(self, frame: link.Frame[agent_pb2.InferResponse]) -> None:
+    def _on_frame(self, frame: dataport.Frame[agent_pb2.InferResponse]) -> None:
         m = frame.message
         if frame.error is not None:
             result: Reply | HopError = HopError(*frame.error)
@@ -219,7 +219,7 @@ class _LinkCarrier:
     def _on_lost(self, reason: str | None) -> None:
         why = f": {reason}" if reason else ""
         self._stream._lost(self, HopError(grpc.StatusCode.UNAVAILABLE,
-                                          f"next hop {self._stream.address} closed the link{why}"))
+                                          f"next hop {self._stream.address} closed its data port connection{why}"))
 
     async def close(self) -> None:
         self._conn.close()

@@ -1,5 +1,5 @@
 """The one place that makes gRPC servers' ports and channels, for agent and controller,
-and the activation link's TLS contexts (link.py).
+and the data port's TLS contexts (dataport.py).
 
 Today: plaintext, and a non-loopback listen address needs an explicit `--insecure` because
 anyone on the network could push shards or read activations. Mutual TLS (join token ->
@@ -78,12 +78,12 @@ def sync_channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
-def link_server_ssl() -> ssl.SSLContext | None:
-    """TLS for the activation link's listener: None (plaintext) until mutual TLS lands; the
-    link listens on the --listen host, so the --insecure rule above covers it too."""
+def data_port_server_ssl() -> ssl.SSLContext | None:
+    """TLS for the data port's listener: None (plaintext) until mutual TLS lands; the
+    data port listens on the --listen host, so the --insecure rule above covers it too."""
     return None
 
 
-def link_client_ssl() -> ssl.SSLContext | None:
-    """TLS for dialing another agent's activation link (see link_server_ssl)."""
+def data_port_client_ssl() -> ssl.SSLContext | None:
+    """TLS for dialing another agent's data port (see data_port_server_ssl)."""
     return None

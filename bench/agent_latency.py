@@ -4,8 +4,8 @@
 
 Every figure comes from this run; the variants are measured in interleaved rounds so the
 machine's noise hits them alike. Agents are real processes on loopback, one LiteRT thread
-per shard; "link" is the activation link (the default), "gRPC" the same agents started
-with --no-link (activations over gRPC Infer, 1 MiB chunks).
+per shard; "dataport" is the agents' raw-TCP data port (the default), "grpc" the same
+agents started with --data-port off (activations over gRPC Infer, 1 MiB chunks).
 
 1. Latency: MobileNetV2 224x224 in 3 shards over 3 agents / the same shards back to back
    in this process. Per-hop overhead = (chain - one process) / 3: each agent adds one
@@ -13,7 +13,7 @@ with --no-link (activations over gRPC Infer, 1 MiB chunks).
    between two processes carrying each hop's activation and a 4 kB answer (what the
    kernel charges), and a bare grpc.aio echo of 50 kB (the issue's reference).
 2. Throughput: the model in 2 shards over 2 agents / the same 2 shards back to back in
-   one thread, with 8 requests in flight (and a sweep of 2-16 over the link). Ceiling on
+   one thread, with 8 requests in flight (and a sweep of 2-16 over the data port). Ceiling on
    this machine: the two shards in two threads of one process with no transport at all.
 3. Bandwidth: one 8 MiB activation to an agent running a shard that reduces it to 4 kB;
    bytes / (round trip - compute - small round trip).
@@ -40,11 +40,11 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write  # noqa: E402
+from _common import write
 
 BIN = Path(sys.executable).parent
 ANSWER_BYTES = 4096
-TRANSPORTS = ("link", "grpc")
+TRANSPORTS = ("dataport", "grpc")
 IN_FLIGHT_SWEEP = (2, 4, 16)
 
 
@@ -96,7 +96,7 @@ class Agents:
 
 
 def start_agents(tmp: Path, n: int) -> dict[str, Agents]:
-    return {"link": Agents(tmp, n), "grpc": Agents(tmp, n, "--no-link")}
+    return {"dataport": Agents(tmp, n), "grpc": Agents(tmp, n, "--data-port", "off")}
 
 
 async def deploy(directory: Path, addresses: list[str], name: str) -> None:
@@ -114,7 +114,7 @@ async def deploy(directory: Path, addresses: list[str], name: str) -> None:
 def clients(agents: dict[str, Agents]):
     from layerfleet.agent.client import AgentClient
 
-    return {kind: AgentClient(a.addresses[0], use_link=kind == "link")
+    return {kind: AgentClient(a.addresses[0], use_data_port=kind == "dataport")
             for kind, a in agents.items()}
 
 
@@ -126,13 +126,13 @@ listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
 print(listener.getsockname()[1], flush=True)
 conn, _ = listener.accept()
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-buf = memoryview(bytearray(64 << 20)); answer = bytes(%d)
+buf = memoryview(bytearray(64 << 20)); answer = bytes(ANSWER_BYTES)
 while len(head := conn.recv(8, socket.MSG_WAITALL)) == 8:
     n, got = struct.unpack("<Q", head)[0], 0
     while got < n:
         got += conn.recv_into(buf[got:n])
     conn.sendall(answer)
-""" % ANSWER_BYTES
+""".replace("ANSWER_BYTES", str(ANSWER_BYTES))
 
 
 def socket_floor(sizes: list[int], runs: int) -> list[float]:
@@ -184,8 +184,8 @@ async def grpc_echo(address: str, runs: int, size: int = 50_000) -> float:
 def two_thread_ceiling(directory: Path, xs: list[dict]) -> float:
     """Requests/s of the two shards in two threads of one process, no transport: the best
     any two-stage pipeline can do on this machine (the slower stage sets the pace)."""
-    from layerfleet.controller.partition.manifest import Manifest
     from layerfleet.agent.runtime import ShardRunner
+    from layerfleet.controller.partition.manifest import Manifest
 
     manifest = Manifest.load(directory)
     runners = [ShardRunner(manifest.shard_path(directory, i), num_threads=1) for i in range(2)]
@@ -258,7 +258,7 @@ async def chain_throughput(client, xs: list[dict], in_flight: int = 8) -> float:
     return len(xs) / (time.perf_counter() - t)
 
 
-async def bandwidth(address: str, use_link: bool, chunk_bytes: int, runs: int) -> float:
+async def bandwidth(address: str, use_data_port: bool, chunk_bytes: int, runs: int) -> float:
     from layerfleet.agent.client import AgentClient
     from layerfleet.agent.stream import InferStream
 
@@ -269,7 +269,7 @@ async def bandwidth(address: str, use_link: bool, chunk_bytes: int, runs: int) -
         for _ in range(20):
             await c.describe()
         small_rtt = (time.perf_counter() - t) / 20
-    stream = InferStream(address, chunk_bytes=chunk_bytes, use_link=use_link)
+    stream = InferStream(address, chunk_bytes=chunk_bytes, use_data_port=use_data_port)
     try:
         await stream.infer("r", 0, big)
         times, computes = [], []
@@ -313,7 +313,7 @@ async def run(args: argparse.Namespace) -> None:
         assert [c.transport for c in cs.values()] == list(TRANSPORTS)
         for c in cs.values():
             await c.close()
-        echo_50k = await grpc_echo(agents["link"].addresses[0], 200)
+        echo_50k = await grpc_echo(agents["dataport"].addresses[0], 200)
     finally:
         for a in agents.values():
             a.stop()
@@ -344,7 +344,7 @@ async def run(args: argparse.Namespace) -> None:
             for kind in TRANSPORTS:
                 rates[kind].append(await chain_throughput(cs[kind], xs))
             for n in IN_FLIGHT_SWEEP:
-                window[n].append(await chain_throughput(cs["link"], xs, n))
+                window[n].append(await chain_throughput(cs["dataport"], xs, n))
         for c in cs.values():
             await c.close()
     finally:
@@ -355,7 +355,7 @@ async def run(args: argparse.Namespace) -> None:
     results["throughput"].update({f"{k}_ratio": _median(v) / one for k, v in rates.items()
                                   if k != "one_process"})
     results["throughput"]["in_flight"] = 8
-    results["throughput"]["link_ratio_by_in_flight"] = {str(n): _median(v) / one
+    results["throughput"]["dataport_ratio_by_in_flight"] = {str(n): _median(v) / one
                                                         for n, v in window.items()}
 
     # 3. bandwidth, 8 MiB activation
@@ -365,8 +365,8 @@ async def run(args: argparse.Namespace) -> None:
         for a in agents.values():
             await deploy(splits["reducer"], a.addresses, "r")
         for _ in range(args.rounds):
-            sweep.setdefault("link", [])
-            sweep["link"].append(await bandwidth(agents["link"].addresses[0], True, 0, 8))
+            sweep.setdefault("dataport", [])
+            sweep["dataport"].append(await bandwidth(agents["dataport"].addresses[0], True, 0, 8))
             for chunk in (256 << 10, 1 << 20, 4 << 20):
                 sweep.setdefault(f"grpc_chunk_{chunk >> 10}KiB", []).append(
                     await bandwidth(agents["grpc"].addresses[0], False, chunk, 8))
@@ -401,9 +401,9 @@ def report(results: dict) -> None:
     row("", "requests/s", "/ one process")
     for kind in ("ceiling", *TRANSPORTS):
         row(kind, f"{thr[f'{kind}_rps']:.1f}", f"{thr[f'{kind}_ratio']:.2f}")
-    sweep = ", ".join(f"{n}: {r:.2f}" for n, r in thr["link_ratio_by_in_flight"].items())
+    sweep = ", ".join(f"{n}: {r:.2f}" for n, r in thr["dataport_ratio_by_in_flight"].items())
     print(f"goal >= 1.7; ceiling = the two shards in two threads of one process, no "
-          f"transport. Link ratio by requests in flight: {sweep}\n")
+          f"transport. Data-port ratio by requests in flight: {sweep}\n")
     print("hop bandwidth, 8 MiB activation (goal >= 1 GB/s):")
     for kind, bps in bw.items():
         print(f"  {kind:<20} {bps / 1e9:6.2f} GB/s")

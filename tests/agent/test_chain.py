@@ -1,6 +1,6 @@
 """Three real agents chained on loopback compute exactly what the shards compute in one
-process, with many requests in flight on one stream: over the activation link (the
-default) and over gRPC Infer (agents started with link=False, as `--no-link`)."""
+process, with many requests in flight on one stream: over the data port (the
+default) and over gRPC Infer (agents started with `--data-port off`)."""
 
 from __future__ import annotations
 
@@ -13,19 +13,24 @@ from layerfleet.controller.partition.local import run_local
 
 from .conftest import deploy_chain
 
-by_transport = pytest.mark.parametrize("link", [True, False], ids=["link", "grpc"])
+by_transport = pytest.mark.parametrize("transport", ["dataport", "grpc"])
+
+
+def _setting(transport: str) -> str:
+    return "auto" if transport == "dataport" else "off"
 
 
 @by_transport
-async def test_three_agents_run_a_split_mobilenet_like_run_local(agents, mobilenet_split, link):
-    servers = [await agents(f"a{i}", link=link) for i in range(3)]
+async def test_three_agents_run_a_split_mobilenet_like_run_local(agents, mobilenet_split,
+                                                                 transport):
+    servers = [await agents(f"a{i}", data_port=_setting(transport)) for i in range(3)]
     await deploy_chain(mobilenet_split, servers)
     x = mobilenet_split.random_input()
     async with AgentClient(servers[0].address) as client:
         reply = await client.infer("d", x)
-        assert client.transport == ("link" if link else "grpc")
+        assert client.transport == transport
     hops = [servers[i].pipeline.hops[servers[i + 1].address] for i in range(2)]
-    assert [h.carrier for h in hops] == ["link" if link else "grpc"] * 2
+    assert [h.carrier for h in hops] == [transport] * 2
     expected = run_local(mobilenet_split.directory, x)
     assert set(reply.outputs) == set(expected)
     for name in expected:
@@ -37,8 +42,8 @@ async def test_three_agents_run_a_split_mobilenet_like_run_local(agents, mobilen
 
 @by_transport
 async def test_200_requests_in_flight_on_one_stream_all_come_back_matched(agents, small_split,
-                                                                          link):
-    servers = [await agents(f"a{i}", link=link) for i in range(3)]
+                                                                          transport):
+    servers = [await agents(f"a{i}", data_port=_setting(transport)) for i in range(3)]
     await deploy_chain(small_split, servers)
     inputs = [small_split.random_input(seed) for seed in range(200)]
     async with AgentClient(servers[0].address) as client:

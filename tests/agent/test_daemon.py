@@ -55,6 +55,14 @@ def test_settings_precedence_is_flag_then_env_then_file(tmp_path):
     assert (s.listen, s.threads, s.controller, s.mdns) == ("127.0.0.1:1", 3, "flag:1", False)
 
 
+def test_a_data_port_setting_is_auto_off_or_a_port():
+    assert load_settings([], env={}).data_port == "auto"
+    assert load_settings(["--data-port", "off"], env={}).data_port == "off"
+    assert load_settings([], env={"LAYERFLEET_DATA_PORT": "7001"}).data_port == "7001"
+    with pytest.raises(SystemExit, match="--data-port 'fast' is not 'auto', 'off' or a port"):
+        load_settings(["--data-port", "fast"], env={})
+
+
 def test_an_unknown_config_key_is_refused(tmp_path):
     config = tmp_path / "agent.toml"
     config.write_text('listne = "127.0.0.1:1"\n')

@@ -20,7 +20,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("device_id", "hostname", "arch", "cores", "memory_bytes", "runtime", "version", "shards", "routes", "address", "board", "link_port")
+    __slots__ = ("device_id", "hostname", "arch", "cores", "memory_bytes", "runtime", "version", "shards", "routes", "address", "board", "data_port")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -32,7 +32,7 @@ class DeviceInfo(_message.Message):
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BOARD_FIELD_NUMBER: _ClassVar[int]
-    LINK_PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     arch: str
@@ -44,8 +44,8 @@ class DeviceInfo(_message.Message):
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     address: str
     board: str
-    link_port: int
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., arch: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., runtime: _Optional[str] = ..., version: _Optional[str] = ..., shards: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., address: _Optional[str] = ..., board: _Optional[str] = ..., link_port: _Optional[int] = ...) -> None: ...
+    data_port: int
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., arch: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., runtime: _Optional[str] = ..., version: _Optional[str] = ..., shards: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., address: _Optional[str] = ..., board: _Optional[str] = ..., data_port: _Optional[int] = ...) -> None: ...
 
 class ShardChunk(_message.Message):
     __slots__ = ("sha256", "size_bytes", "data")

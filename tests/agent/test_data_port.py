@@ -1,5 +1,5 @@
-"""The activation link on real agents: offered in Describe, used by every hop, refusing
-bad frames and strangers with the same statuses as gRPC, surviving a restarted next hop."""
+"""The data port on real agents: offered in Describe, used by every hop, refusing bad
+frames and strangers with the same statuses as gRPC, surviving a restarted next hop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import grpc
 import numpy as np
 import pytest
-from layerfleet.agent import link
+from layerfleet.agent import dataport
 from layerfleet.agent.client import AgentClient, AgentError
 from layerfleet.agent.main import AgentServer
 from layerfleet.agent.runtime import ShardRunner
@@ -18,36 +18,36 @@ from layerfleet.controller.partition.local import run_local
 from .conftest import deploy_chain, settings
 
 
-async def test_an_agent_offers_its_link_next_to_its_grpc_port(agents):
+async def test_an_agent_offers_its_data_port_next_to_its_grpc_port(agents):
     server = await agents("a")
     async with AgentClient(server.address) as client:
         info = await client.describe()
     grpc_port = int(server.address.rsplit(":", 1)[1])
-    assert info.link_port not in (0, grpc_port)
-    assert server.link is not None and server.link.port == info.link_port
+    assert info.data_port not in (0, grpc_port)
+    assert server.dataport is not None and server.dataport.port == info.data_port
 
 
-async def test_the_link_port_defaults_to_the_grpc_port_plus_one(tmp_path):
+async def test_the_data_port_defaults_to_the_grpc_port_plus_one(tmp_path):
     with socket.socket() as probe:   # find two free neighbouring ports
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = AgentServer(settings(tmp_path / "a", listen=f"127.0.0.1:{port}"))
     try:
         await server.start()
-        assert server.link is not None and server.link.port == port + 1
+        assert server.dataport is not None and server.dataport.port == port + 1
     except OSError as exc:
         pytest.skip(f"port {port + 1} was taken meanwhile: {exc}")
     finally:
         await server.stop(grace_s=0)
 
 
-async def test_a_hop_to_an_agent_without_a_link_falls_back_to_grpc(agents, small_split):
-    servers = [await agents("a"), await agents("b", link=False)]
+async def test_a_hop_to_an_agent_without_a_data_port_falls_back_to_grpc(agents, small_split):
+    servers = [await agents("a"), await agents("b", data_port="off")]
     await deploy_chain(small_split, servers)
     x = small_split.random_input()
     async with AgentClient(servers[0].address) as client:
         reply = await client.infer("d", x)
-        assert client.transport == "link"
+        assert client.transport == "dataport"
     assert servers[0].pipeline.hops[servers[1].address].carrier == "grpc"
     expected = x
     for i in range(2):
@@ -57,27 +57,27 @@ async def test_a_hop_to_an_agent_without_a_link_falls_back_to_grpc(agents, small
         np.testing.assert_array_equal(reply.outputs[name], expected[name])
 
 
-async def test_a_stranger_on_the_link_port_is_disconnected_and_the_agent_keeps_serving(
+async def test_a_stranger_on_the_data_port_is_disconnected_and_the_agent_keeps_serving(
         agents, small_split):
     server = await agents("a")
     await deploy_chain(small_split, [server])
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.link.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.dataport.port)
     writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64)
     await writer.drain()
     received = await asyncio.wait_for(reader.read(), 5)   # until the agent hangs up
-    assert received == link.PREFACE
+    assert received == dataport.PREFACE
     writer.close()
     async with AgentClient(server.address) as client:
         assert (await client.infer("d", small_split.random_input())).outputs
 
 
-@pytest.mark.parametrize("use_link", [True, False], ids=["link", "grpc"])
+@pytest.mark.parametrize("use_data_port", [True, False], ids=["dataport", "grpc"])
 async def test_a_request_over_the_size_limit_is_resource_exhausted(agents, small_split,
-                                                                   use_link):
+                                                                   use_data_port):
     server = await agents("a", max_request_bytes=2_000_000)
     await deploy_chain(small_split, [server])
     too_big = {"image": np.zeros((1, 1024, 1024), np.float32)}   # 4 MiB: chunked on gRPC
-    async with AgentClient(server.address, use_link=use_link) as client:
+    async with AgentClient(server.address, use_data_port=use_data_port) as client:
         with pytest.raises(AgentError) as err:
             await client.infer("d", too_big)
         assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -103,12 +103,12 @@ async def test_a_next_hop_that_restarts_fails_the_requests_it_held_then_serves_a
         assert all(isinstance(r, AgentError) and r.code == grpc.StatusCode.UNAVAILABLE
                    and address in r.message for r in results), results
 
-        # Same state and gRPC address, another link port (the gRPC port + 1 now): the
-        # first agent asks again where the link is.
+        # Same state and gRPC address, another data port (the gRPC port + 1 now): the
+        # first agent asks again where it is.
         again = AgentServer(settings(tmp_path / "a1", listen=address))
         await again.start()
         try:
-            assert again.link.port != second.link.port
+            assert again.dataport.port != second.dataport.port
             reply = await client.infer("d", x)
         finally:
             await again.stop(grace_s=0)

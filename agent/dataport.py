@@ -1,11 +1,11 @@
-"""The activation link: Infer requests and answers as raw bytes over one TCP connection.
+"""The data port: Infer requests and answers as raw bytes over one TCP connection.
 
 Why not gRPC for activations: Python gRPC copies a tensor several times and runs HTTP/2
 flow control through its poller thread; a 600 kB MobileNetV2 activation costs ~0.6 ms per
 round trip in a bare grpc.aio echo here, where a socket moves it in ~0.15 ms
 (docs/agent.md). gRPC stays the API (every RPC, and Infer for clients that want it); the
-link is an optional fast path that an agent offers (DeviceInfo.link_port) and senders use
-when they find it.
+data port is the fast path for activations that an agent offers beside its gRPC port
+(DeviceInfo.data_port) and senders use when they find it.
 
 The wire contract is still agent.proto. A frame is
 
@@ -45,7 +45,7 @@ from layerfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"LFLINK1\n"           # protocol and version; a wrong port fails fast
+PREFACE = b"LFDATA1\n"           # protocol and version; a wrong port fails fast
 _FIXED = struct.Struct("<IQ")    # header_len, payload_len
 # Headers are a request id, names, shapes and hop timings: a few hundred bytes. The cap
 # keeps a corrupt length from making us buffer garbage.
@@ -67,14 +67,15 @@ _ROOM = MAX_HEADER_BYTES + _FIXED.size
 Message = TypeVar("Message", agent_pb2.InferRequest, agent_pb2.InferResponse)
 
 
-class LinkProtocolError(Exception):
-    """The peer is not speaking the link protocol (or a header is corrupt): drop the link."""
+class DataProtocolError(Exception):
+    """The peer is not speaking the data-port protocol (or a header is corrupt): hang up."""
 
 
 @dataclass
 class Frame(Generic[Message]):
-    """One request or answer off the link. When the tensors could not be read, `arrays` is
-    empty and `error` says why (the frame's bytes were skipped; the link carries on)."""
+    """One request or answer off a connection. When the tensors could not be read, `arrays`
+    is empty and `error` says why (the frame's bytes were skipped; the connection carries
+    on)."""
 
     message: Message
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -172,7 +173,7 @@ def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len
 class FrameReader(Generic[Message]):
     """Turns received bytes into Frames. Feed it like an asyncio.BufferedProtocol:
     `get_buffer()` says where the next bytes go, `buffer_updated(n)` returns the frames
-    they completed. Raises LinkProtocolError on a bad preface or an unreadable header."""
+    they completed. Raises DataProtocolError on a bad preface or an unreadable header."""
 
     def __init__(self, message_type: type[Message], *,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
@@ -226,7 +227,7 @@ class FrameReader(Generic[Message]):
                     return done
                 got = bytes(self._view[self._start:self._start + len(self._preface)])
                 if got != self._preface:
-                    raise LinkProtocolError(f"not a layerfleet link (expected {self._preface!r}, "
+                    raise DataProtocolError(f"not a layerfleet data port (expected {self._preface!r}, "
                                             f"got {got!r})")
                 self._start += len(self._preface)
                 self._preface = b""
@@ -237,7 +238,7 @@ class FrameReader(Generic[Message]):
                     self._fixed = _FIXED.unpack_from(self._scratch, self._start)
                     self._start += _FIXED.size
                     if self._fixed[0] > MAX_HEADER_BYTES:
-                        raise LinkProtocolError(f"frame header of {self._fixed[0]} bytes "
+                        raise DataProtocolError(f"frame header of {self._fixed[0]} bytes "
                                                 f"(limit {MAX_HEADER_BYTES})")
                     continue
                 header_len, payload_len = self._fixed
@@ -247,7 +248,7 @@ class FrameReader(Generic[Message]):
                     message = self._type.FromString(
                         self._view[self._start:self._start + header_len])
                 except DecodeError as exc:
-                    raise LinkProtocolError(f"unreadable frame header: {exc}") from None
+                    raise DataProtocolError(f"unreadable frame header: {exc}") from None
                 self._start += header_len
                 self._fixed = None
                 self._frame = Frame(message)
@@ -282,8 +283,8 @@ class FrameReader(Generic[Message]):
 # -- the connection --------------------------------------------------------------------
 
 
-class LinkConnection(asyncio.BufferedProtocol, Generic[Message]):
-    """One end of a link: frames in through `on_frame`, frames out through `send`.
+class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
+    """One end of a data-port connection: frames in through `on_frame`, frames out through `send`.
 
     `on_lost(reason)` is called once when the connection ends (reason None: closed
     cleanly). Backpressure: `send` never blocks; `writable()` waits while more than
@@ -324,8 +325,8 @@ class LinkConnection(asyncio.BufferedProtocol, Generic[Message]):
     def buffer_updated(self, nbytes: int) -> None:
         try:
             frames = self._reader.buffer_updated(nbytes)
-        except LinkProtocolError as exc:
-            log.warning("link from %s: %s; closing it", self.peer, exc)
+        except DataProtocolError as exc:
+            log.warning("data port: %s sent %s; hanging up", self.peer, exc)
             self._error = str(exc)
             assert self.transport is not None
             self.transport.abort()

@@ -1,6 +1,6 @@
-"""The activation link's framing, without sockets: whatever way the bytes are split on
+"""The data port's framing, without sockets: whatever way the bytes are split on
 arrival, the frames come out exactly as sent; a frame that cannot be read is skipped and
-answered, and only a peer that is not speaking the protocol ends the link."""
+answered, and only a peer that is not speaking the protocol ends the connection."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from layerfleet.agent import link
+from layerfleet.agent import dataport
 from layerfleet.v1 import agent_pb2
 
 DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64,
@@ -17,13 +17,13 @@ DTYPES = [np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.in
 
 
 def _wire(*frames: list[bytes | memoryview], preface: bool = True) -> bytes:
-    return (link.PREFACE if preface else b"") + b"".join(
+    return (dataport.PREFACE if preface else b"") + b"".join(
         bytes(piece) for pieces in frames for piece in pieces)
 
 
-def _feed(reader: link.FrameReader, data: bytes, cuts: list[int]) -> list[link.Frame]:
+def _feed(reader: dataport.FrameReader, data: bytes, cuts: list[int]) -> list[dataport.Frame]:
     """Deliver `data` to the reader in pieces ending at `cuts`, as recv() would."""
-    frames: list[link.Frame] = []
+    frames: list[dataport.Frame] = []
     position = 0
     for end in [*sorted({min(c, len(data)) for c in cuts}), len(data)]:
         while position < end:
@@ -37,7 +37,7 @@ def _feed(reader: link.FrameReader, data: bytes, cuts: list[int]) -> list[link.F
 
 
 def _request(request_id: int, arrays: dict[str, np.ndarray]) -> list[bytes | memoryview]:
-    return link.encode_frame(agent_pb2.InferRequest(request_id=request_id, deployment="d",
+    return dataport.encode_frame(agent_pb2.InferRequest(request_id=request_id, deployment="d",
                                                     stage=1), arrays)
 
 
@@ -54,7 +54,7 @@ def test_frames_survive_any_split_of_the_byte_stream(specs, cuts):
     sent = [{name: (rng.random(shape) * 100).astype(dtype) for name, (dtype, shape) in s.items()}
             for s in specs]
     data = _wire(*(_request(i, arrays) for i, arrays in enumerate(sent)))
-    frames = _feed(link.FrameReader(agent_pb2.InferRequest), data,
+    frames = _feed(dataport.FrameReader(agent_pb2.InferRequest), data,
                    [c % (len(data) + 1) for c in cuts])
     assert [f.message.request_id for f in frames] == list(range(len(sent)))
     for frame, arrays in zip(frames, sent):
@@ -69,7 +69,7 @@ def test_a_big_tensor_is_received_in_place_and_the_next_frame_still_parses():
     big = np.random.default_rng(1).random((1, 700, 1024), dtype=np.float32)  # 2.8 MB
     small = np.arange(10, dtype=np.int64)
     data = _wire(_request(1, {"big": big, "tail": small}), _request(2, {"x": small}))
-    frames = _feed(link.FrameReader(agent_pb2.InferRequest), data,
+    frames = _feed(dataport.FrameReader(agent_pb2.InferRequest), data,
                    list(range(0, len(data), 100_000)))
     assert [f.message.request_id for f in frames] == [1, 2]
     np.testing.assert_array_equal(frames[0].arrays["big"], big)
@@ -82,7 +82,7 @@ def test_sending_hands_big_tensors_over_without_copying_them():
     big = np.random.default_rng(2).random((1, 256, 1024), dtype=np.float32)
     pieces = _request(1, {"big": big})
     assert len(pieces) == 2   # header and the first 64 KiB in one write, the rest as a view
-    assert len(pieces[0]) > link.COALESCE_BYTES
+    assert len(pieces[0]) > dataport.COALESCE_BYTES
     assert np.shares_memory(np.frombuffer(pieces[1], np.uint8), big)
 
 
@@ -94,9 +94,9 @@ def test_sizes_that_do_not_add_up_are_invalid_argument_and_the_frame_is_skipped(
     header = agent_pb2.InferRequest(request_id=5)
     header.tensors.add(name="x", dtype=1, shape=[4])   # 16 bytes of float32 ...
     body = header.SerializeToString()
-    liar = link._FIXED.pack(len(body), 12) + body + b"\x00" * 12   # ... but 12 sent
+    liar = dataport._FIXED.pack(len(body), 12) + body + b"\x00" * 12   # ... but 12 sent
     data = _wire([liar], _request(6, {"y": np.ones(3, np.float32)}))
-    frames = _feed(link.FrameReader(agent_pb2.InferRequest), data, [])
+    frames = _feed(dataport.FrameReader(agent_pb2.InferRequest), data, [])
     assert frames[0].message.request_id == 5 and frames[0].arrays == {}
     code, message = frames[0].error
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -109,14 +109,14 @@ def test_an_unknown_dtype_is_invalid_argument():
     header = agent_pb2.InferRequest(request_id=1)
     header.tensors.add(name="x", dtype=99, shape=[1])
     body = header.SerializeToString()
-    frames = _feed(link.FrameReader(agent_pb2.InferRequest),
-                   _wire([link._FIXED.pack(len(body), 0) + body]), [])
+    frames = _feed(dataport.FrameReader(agent_pb2.InferRequest),
+                   _wire([dataport._FIXED.pack(len(body), 0) + body]), [])
     assert frames[0].error[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown wire dtype 99" in frames[0].error[1]
 
 
 def test_a_request_over_the_size_limit_is_resource_exhausted_and_skipped():
-    reader = link.FrameReader(agent_pb2.InferRequest, max_payload_bytes=1000)
+    reader = dataport.FrameReader(agent_pb2.InferRequest, max_payload_bytes=1000)
     data = _wire(_request(1, {"x": np.zeros(1000, np.float32)}),
                  _request(2, {"x": np.zeros(10, np.float32)}))
     frames = _feed(reader, data, [50, 500])
@@ -125,18 +125,18 @@ def test_a_request_over_the_size_limit_is_resource_exhausted_and_skipped():
     assert frames[1].error is None and frames[1].arrays["x"].shape == (10,)
 
 
-def test_a_peer_that_is_not_speaking_the_link_protocol_is_refused():
-    with pytest.raises(link.LinkProtocolError, match="not a layerfleet link"):
-        _feed(link.FrameReader(agent_pb2.InferRequest), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [])
+def test_a_peer_that_is_not_speaking_the_protocol_is_refused():
+    with pytest.raises(dataport.DataProtocolError, match="not a layerfleet data port"):
+        _feed(dataport.FrameReader(agent_pb2.InferRequest), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", [])
 
 
-def test_a_corrupt_header_ends_the_link():
-    reader = link.FrameReader(agent_pb2.InferRequest)
-    with pytest.raises(link.LinkProtocolError, match="frame header of"):
-        _feed(reader, link.PREFACE + link._FIXED.pack(1 << 30, 0), [])
-    reader = link.FrameReader(agent_pb2.InferRequest)
-    with pytest.raises(link.LinkProtocolError, match="unreadable frame header"):
-        _feed(reader, link.PREFACE + link._FIXED.pack(3, 0) + b"\xff\xff\xff", [])
+def test_a_corrupt_header_ends_the_connection():
+    reader = dataport.FrameReader(agent_pb2.InferRequest)
+    with pytest.raises(dataport.DataProtocolError, match="frame header of"):
+        _feed(reader, dataport.PREFACE + dataport._FIXED.pack(1 << 30, 0), [])
+    reader = dataport.FrameReader(agent_pb2.InferRequest)
+    with pytest.raises(dataport.DataProtocolError, match="unreadable frame header"):
+        _feed(reader, dataport.PREFACE + dataport._FIXED.pack(3, 0) + b"\xff\xff\xff", [])
 
 
 def test_a_long_stream_of_small_frames_wraps_the_scratch_buffer_intact():
@@ -145,9 +145,9 @@ def test_a_long_stream_of_small_frames_wraps_the_scratch_buffer_intact():
     rng = np.random.default_rng(3)
     sent = [rng.random(int(n), dtype=np.float32) for n in rng.integers(1, 20, size=12_000)]
     data = _wire(*(_request(i, {"x": x}) for i, x in enumerate(sent)))
-    assert len(data) > 2 * link.SCRATCH_BYTES
-    frames = _feed(link.FrameReader(agent_pb2.InferRequest), data,
-                   [link.SCRATCH_BYTES * k + 17 * k for k in range(1, 4)])
+    assert len(data) > 2 * dataport.SCRATCH_BYTES
+    frames = _feed(dataport.FrameReader(agent_pb2.InferRequest), data,
+                   [dataport.SCRATCH_BYTES * k + 17 * k for k in range(1, 4)])
     assert len(frames) == len(sent)
     for frame, x in zip(frames, sent):
         np.testing.assert_array_equal(frame.arrays["x"], x)
