@@ -32,6 +32,9 @@ if [[ ! -e /etc/layerfleet/agent.toml ]]; then
 # layerfleet agent settings; flags and LAYERFLEET_* environment variables override these.
 listen = "0.0.0.0:50051"
 insecure = true   # until mutual TLS lands: only on a LAN you trust
+# Activations arrive on a raw-TCP data port beside gRPC: "auto" is the gRPC port + 1
+# (50052). Open both ports to the controller and the other agents, or set "off".
+data_port = "auto"
 TOML
 fi
 umask 077
