@@ -72,7 +72,8 @@ class InferStream:
         self._channel = channel
         self._own_channel = channel is None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        # request id -> (its answer, the connection it went out on)
+        self._pending: dict[int, tuple[asyncio.Future[Reply], _Carrier]] = {}
         self._carrier: _Carrier | None = None
         self._connecting: asyncio.Future[_Carrier] | None = None
 
@@ -91,7 +92,7 @@ class InferStream:
         await carrier.writable()
         request_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        self._pending[request_id] = (future, carrier)
         try:
             carrier.send(request_id, deployment, stage, arrays)
         except BaseException:
@@ -142,7 +143,7 @@ class InferStream:
     # -- answers -------------------------------------------------------------------------
 
     def _deliver(self, request_id: int, result: Reply | HopError) -> None:
-        future = self._pending.pop(request_id, None)
+        future, _ = self._pending.pop(request_id, (None, None))
         if future is None or future.done():
             return  # cancelled meanwhile
         if isinstance(result, HopError):
@@ -151,10 +152,13 @@ class InferStream:
             future.set_result(result)
 
     def _lost(self, carrier: _Carrier, error: HopError) -> None:
+        """A connection ended: fail the requests it carried (a replacement may already be
+        carrying newer ones)."""
         if self._carrier is carrier:
             self._carrier = None
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
+        lost = [rid for rid, (_, via) in self._pending.items() if via is carrier]
+        for request_id in lost:
+            future, _ = self._pending.pop(request_id)
             if not future.done():
                 future.set_exception(error)
 
