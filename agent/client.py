@@ -40,7 +40,8 @@ def _wrap(exc: grpc.aio.AioRpcError, address: str) -> AgentError:
 
 
 class AgentClient:
-    def __init__(self, address: str, *, timeout_s: float = 30.0, use_data_port: bool = True) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 30.0,
+                 use_data_port: bool = True) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self._channel = transport.channel(address)

@@ -227,8 +227,8 @@ class FrameReader(Generic[Message]):
                     return done
                 got = bytes(self._view[self._start:self._start + len(self._preface)])
                 if got != self._preface:
-                    raise DataProtocolError(f"not a layerfleet data port (expected {self._preface!r}, "
-                                            f"got {got!r})")
+                    raise DataProtocolError(f"not a layerfleet data port (expected "
+                                            f"{self._preface!r}, got {got!r})")
                 self._start += len(self._preface)
                 self._preface = b""
             elif self._frame is None:

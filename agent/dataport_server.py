@@ -1,9 +1,9 @@
 """The agent's data-port listener: each connection is one sender's Session.
 
-Requests arrive as data-port frames (dataport.py), run through the same Session as the gRPC Infer
-stream, and their answers go back on the connection they came in on. A frame whose
-tensors cannot be read is answered with its status and the connection carries on; a peer that
-does not speak the protocol is disconnected.
+Requests arrive as data-port frames (dataport.py), run through the same Session as the gRPC
+Infer stream, and their answers go back on the connection they came in on. A frame whose
+tensors cannot be read is answered with its status and the connection carries on; a peer
+that does not speak the protocol is disconnected.
 
 Shutdown mirrors the gRPC server's: stop accepting connections, refuse new requests with
 UNAVAILABLE, give the ones in flight the grace period, then close.
@@ -35,7 +35,8 @@ class DataPortServer:
         """Listen on host:port (0 picks a free port); returns the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._connection, host.strip("[]") or None, port, ssl=transport.data_port_server_ssl())
+            self._connection, host.strip("[]") or None, port,
+            ssl=transport.data_port_server_ssl())
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

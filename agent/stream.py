@@ -222,8 +222,9 @@ class _DataPortCarrier:
 
     def _on_lost(self, reason: str | None) -> None:
         why = f": {reason}" if reason else ""
-        self._stream._lost(self, HopError(grpc.StatusCode.UNAVAILABLE,
-                                          f"next hop {self._stream.address} closed its data port connection{why}"))
+        self._stream._lost(self, HopError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"next hop {self._stream.address} closed its data port connection{why}"))
 
     async def close(self) -> None:
         self._conn.close()
