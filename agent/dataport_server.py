@@ -28,6 +28,7 @@ class DataPortServer:
         self.pipeline = pipeline
         self.max_payload_bytes = max_payload_bytes
         self.port = 0
+        self.draining = False
         self._server: asyncio.Server | None = None
         self._connections: dict[dataport.DataConnection[agent_pb2.InferRequest], Session] = {}
 
@@ -39,6 +40,10 @@ class DataPortServer:
             ssl=transport.data_port_server_ssl())
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    @property
+    def connections(self) -> list[dataport.DataConnection[agent_pb2.InferRequest]]:
+        return list(self._connections)
 
     def _connection(self) -> dataport.DataConnection[agent_pb2.InferRequest]:
         conn: dataport.DataConnection[agent_pb2.InferRequest]
@@ -61,8 +66,8 @@ class DataPortServer:
             self._connections.pop(conn, None)
 
         conn = dataport.DataConnection(agent_pb2.InferRequest, on_frame, on_lost,
-                                   max_payload_bytes=self.max_payload_bytes,
-                                   pause_reading_when_full=True)
+                                       max_payload_bytes=self.max_payload_bytes,
+                                       pause_reading_when_full=True)
         session = Session(self.pipeline, send)
         self._connections[conn] = session
         return conn
@@ -71,6 +76,7 @@ class DataPortServer:
         if self._server is None:
             return
         self._server.close()
+        self.draining = True
         for session in self._connections.values():
             session.refusing = "agent is shutting down"
         busy = [s for s in self._connections.values() if s.busy]

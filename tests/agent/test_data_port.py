@@ -14,6 +14,7 @@ from layerfleet.agent.client import AgentClient, AgentError
 from layerfleet.agent.main import AgentServer
 from layerfleet.agent.runtime import ShardRunner
 from layerfleet.controller.partition.local import run_local
+from layerfleet.v1 import agent_pb2
 
 from .conftest import deploy_chain, settings
 
@@ -114,3 +115,57 @@ async def test_a_next_hop_that_restarts_fails_the_requests_it_held_then_serves_a
             await again.stop(grace_s=0)
     expected = run_local(small_split.directory, x)
     np.testing.assert_array_equal(reply.outputs["probs"], expected["probs"])
+
+
+async def test_while_draining_requests_in_flight_finish_and_new_ones_are_unavailable(
+        tmp_path, small_split):
+    server = AgentServer(settings(tmp_path / "a", allow_faults=True))
+    await server.start()
+    await deploy_chain(small_split, [server])
+    async with AgentClient(server.address) as client:
+        await client.set_faults(delay_ms=300)
+        held = [asyncio.ensure_future(client.infer("d", small_split.random_input(i)))
+                for i in range(2)]
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(server.stop(grace_s=5))
+        while not server.dataport.draining:
+            await asyncio.sleep(0.01)
+        with pytest.raises(AgentError) as err:
+            await client.infer("d", small_split.random_input())
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in err.value.message
+        assert all(reply.outputs for reply in await asyncio.gather(*held))
+        await stopping
+
+
+async def test_a_sender_that_stops_reading_answers_makes_the_agent_stop_reading(
+        agents, small_split, monkeypatch):
+    # Small buffers so a few hundred answers fill them (the defaults are 4 and 64 MiB).
+    monkeypatch.setattr(dataport, "SOCKET_BUFFER_BYTES", 64 << 10)
+    monkeypatch.setattr(dataport, "HIGH_WATER_BYTES", 256 << 10)
+    server = await agents("a")
+    await deploy_chain(small_split, [server])   # stage 0 answers 8 kB per request
+    x = small_split.random_input()
+    requests = b"".join(
+        bytes(piece) for i in range(400) for piece in dataport.encode_frame(
+            agent_pb2.InferRequest(request_id=i, deployment="d", stage=0), x))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.dataport.port)
+    writer.write(dataport.PREFACE + requests)   # and read nothing back for now
+
+    async def paused() -> bool:
+        for _ in range(500):
+            if any(not c.transport.is_reading() for c in server.dataport.connections):
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert await paused(), "the agent kept reading while its answers piled up"
+    answers = dataport.FrameReader(agent_pb2.InferResponse)
+    received: list[int] = []
+    while len(received) < 400:   # reading the answers lets it carry on to the end
+        buffer = answers.get_buffer()
+        data = await asyncio.wait_for(reader.read(len(buffer)), 10)
+        buffer[:len(data)] = data
+        received += [f.message.request_id for f in answers.buffer_updated(len(data))]
+    assert sorted(received) == list(range(400))
+    writer.close()
