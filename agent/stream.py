@@ -27,6 +27,9 @@ from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
+# A TCP connect takes milliseconds on a LAN or to a VM; a firewall that drops the data port
+# silently should cost the first request this long, not the full timeout, before gRPC.
+DATA_PORT_CONNECT_TIMEOUT_S = 2.0
 
 
 class HopError(Exception):
@@ -192,7 +195,7 @@ class _DataPortCarrier:
         carrier = cls(stream)
         await asyncio.wait_for(asyncio.get_running_loop().create_connection(
             lambda: carrier._conn, host, port, ssl=transport.data_port_client_ssl()),
-            CONNECT_TIMEOUT_S)
+            DATA_PORT_CONNECT_TIMEOUT_S)
         return carrier
 
     @property

@@ -9,7 +9,7 @@ import socket
 import grpc
 import numpy as np
 import pytest
-from layerfleet.agent import dataport
+from layerfleet.agent import dataport, stream
 from layerfleet.agent.client import AgentClient, AgentError
 from layerfleet.agent.main import AgentServer
 from layerfleet.agent.runtime import ShardRunner
@@ -169,3 +169,31 @@ async def test_a_sender_that_stops_reading_answers_makes_the_agent_stop_reading(
         received += [f.message.request_id for f in answers.buffer_updated(len(data))]
     assert sorted(received) == list(range(400))
     writer.close()
+
+
+@pytest.mark.parametrize("firewall", ["refuses", "drops"])
+async def test_a_data_port_the_network_blocks_falls_back_to_grpc_quickly(agents, small_split,
+                                                                        firewall):
+    server = await agents("a")
+    await deploy_chain(small_split, [server])
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    queued: list[socket.socket] = []
+    if firewall == "drops":   # a full accept queue drops new SYNs, like a DROP rule
+        blocker.listen(0)
+        for _ in range(2):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(blocker.getsockname())
+            queued.append(s)
+    server.service.data_port = blocker.getsockname()[1]   # what Describe now announces
+    try:
+        async with AgentClient(server.address) as client:
+            started = asyncio.get_running_loop().time()
+            reply = await client.infer("d", small_split.random_input())
+            took = asyncio.get_running_loop().time() - started
+            assert client.transport == "grpc" and reply.outputs
+        assert took < stream.DATA_PORT_CONNECT_TIMEOUT_S + 1.5
+    finally:
+        for s in [blocker, *queued]:
+            s.close()
