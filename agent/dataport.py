@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 import struct
 from collections.abc import Callable, Mapping
@@ -85,16 +84,6 @@ class Frame(Generic[Message]):
 # -- sending ---------------------------------------------------------------------------
 
 
-def _payload_view(array: np.ndarray) -> memoryview:
-    """The array's bytes as a flat byte view, copying only when it is not already C-ordered
-    little-endian."""
-    arr = np.asarray(array)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    arr = np.ascontiguousarray(arr)
-    return memoryview(arr.reshape(-1).view(np.uint8))
-
-
 def encode_frame(message: Message, arrays: Mapping[str, np.ndarray] | None = None
                  ) -> list[bytes | memoryview]:
     """The pieces to write for one frame: fixed header + header, then each tensor's bytes.
@@ -106,9 +95,9 @@ def encode_frame(message: Message, arrays: Mapping[str, np.ndarray] | None = Non
     """
     views: list[memoryview] = []
     for name, array in (arrays or {}).items():
-        arr = np.asarray(array)
-        message.tensors.add(name=name, dtype=tensors.dtype_code(arr.dtype), shape=arr.shape)
-        views.append(_payload_view(arr))
+        code, arr = tensors.wire_order(array)
+        message.tensors.add(name=name, dtype=code, shape=arr.shape)
+        views.append(memoryview(arr.reshape(-1).view(np.uint8)))
     header = message.SerializeToString()
     first = [_FIXED.pack(len(header), sum(v.nbytes for v in views)), header]
     room = COALESCE_BYTES
@@ -150,18 +139,15 @@ def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len
                           f"{max_payload} bytes per request (--max-request-bytes)")
     plan: list[_Tensor] = []
     for t in message.tensors:
-        try:
-            dt = tensors.numpy_dtype(t.dtype)
-        except tensors.TensorError as exc:
-            raise _Unreadable(invalid, f"tensor {t.name!r}: {exc}") from None
         shape = tuple(t.shape)
-        if any(d < 0 for d in shape):
-            raise _Unreadable(invalid, f"tensor {t.name!r}: negative dimension in shape "
-                                       f"{list(shape)}")
+        try:
+            dt, nbytes = tensors.layout(t.dtype, shape, t.name)
+        except tensors.TensorError as exc:
+            raise _Unreadable(invalid, str(exc)) from None
         if t.data or any(p.name == t.name for p in plan):
             why = "carries inline data" if t.data else "appears twice"
             raise _Unreadable(invalid, f"tensor {t.name!r} {why}")
-        plan.append(_Tensor(t.name, dt, shape, math.prod(shape) * dt.itemsize))
+        plan.append(_Tensor(t.name, dt, shape, nbytes))
     total = sum(p.nbytes for p in plan)
     if total != payload_len:
         described = [f"{p.name} {p.dtype.name}{list(p.shape)}" for p in plan]

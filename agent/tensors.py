@@ -6,6 +6,7 @@ Decoding is zero-copy: the array is a read-only view over the message's bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -57,14 +58,31 @@ def numpy_dtype(code: int) -> np.dtype:
         raise TensorError(f"unknown wire dtype {code}") from None
 
 
-def encode(name: str, array: np.ndarray) -> tensor_pb2.Tensor:
-    """One array as a wire tensor (one copy into the message: protobuf owns its bytes)."""
+def wire_order(array: np.ndarray) -> tuple[int, np.ndarray]:
+    """(wire dtype code, the array as C-ordered little-endian), copying only if it is not."""
     arr = np.asarray(array)
     code = dtype_code(arr.dtype)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return tensor_pb2.Tensor(name=name, dtype=code, shape=arr.shape,
-                             data=np.ascontiguousarray(arr).tobytes())
+    return code, np.ascontiguousarray(arr)
+
+
+def layout(dtype: int, shape: tuple[int, ...], name: str = "") -> tuple[np.dtype, int]:
+    """(numpy dtype, byte count) of a wire tensor; TensorError for an unknown dtype or a
+    negative dimension."""
+    try:
+        dt = numpy_dtype(dtype)
+    except TensorError as exc:
+        raise TensorError(f"tensor {name!r}: {exc}") from None
+    if any(d < 0 for d in shape):
+        raise TensorError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
+    return dt, math.prod(shape) * dt.itemsize
+
+
+def encode(name: str, array: np.ndarray) -> tensor_pb2.Tensor:
+    """One array as a wire tensor (one copy into the message: protobuf owns its bytes)."""
+    code, arr = wire_order(array)
+    return tensor_pb2.Tensor(name=name, dtype=code, shape=arr.shape, data=arr.tobytes())
 
 
 def decode(tensor: tensor_pb2.Tensor) -> np.ndarray:
@@ -74,10 +92,7 @@ def decode(tensor: tensor_pb2.Tensor) -> np.ndarray:
 
 def from_bytes(data: bytes | bytearray | memoryview, dtype: int, shape: tuple[int, ...],
                name: str = "") -> np.ndarray:
-    dt = numpy_dtype(dtype)
-    if any(d < 0 for d in shape):
-        raise TensorError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    dt, expected = layout(dtype, shape, name)
     if len(data) != expected:
         raise TensorError(f"tensor {name!r}: {len(data)} bytes for shape {list(shape)} "
                           f"{dt.name}, expected {expected}")
