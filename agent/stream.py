@@ -52,6 +52,13 @@ def status_code(value: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
+def _result(answer: agent_pb2.InferResponse, arrays: dict[str, np.ndarray]) -> Reply | HopError:
+    """What an agent's answer means for the waiting request."""
+    if answer.status_code:
+        return HopError(status_code(answer.status_code), answer.status_message)
+    return Reply(arrays, list(answer.hops), answer.exited_at_stage)
+
+
 class _Carrier(Protocol):
     """One live connection: sends requests; answers reach InferStream._deliver."""
 
@@ -214,14 +221,9 @@ class _DataPortCarrier:
         await self._conn.writable()
 
     def _on_frame(self, frame: dataport.Frame[agent_pb2.InferResponse]) -> None:
-        m = frame.message
-        if frame.error is not None:
-            result: Reply | HopError = HopError(*frame.error)
-        elif m.status_code:
-            result = HopError(status_code(m.status_code), m.status_message)
-        else:
-            result = Reply(frame.arrays, list(m.hops), m.exited_at_stage)
-        self._stream._deliver(m.request_id, result)
+        result = (HopError(*frame.error) if frame.error is not None
+                  else _result(frame.message, frame.arrays))
+        self._stream._deliver(frame.message.request_id, result)
 
     def _on_lost(self, reason: str | None) -> None:
         why = f": {reason}" if reason else ""
@@ -263,7 +265,7 @@ class _GrpcCarrier:
         self._outbox.put_nowait(agent_pb2.InferRequest(request_id=request_id, cancel=True))
 
     async def writable(self) -> None:
-        return None  # gRPC's own flow control holds the queue back
+        return None  # the outbox is unbounded; gRPC flow control paces what leaves it
 
     async def _read(self) -> None:
         address = self._stream.address
@@ -274,12 +276,7 @@ class _GrpcCarrier:
                 if done is None:
                     continue
                 last, arrays = done
-                if last.status_code:
-                    result: Reply | HopError = HopError(status_code(last.status_code),
-                                                        last.status_message)
-                else:
-                    result = Reply(arrays, list(last.hops), last.exited_at_stage)
-                self._stream._deliver(message.request_id, result)
+                self._stream._deliver(message.request_id, _result(last, arrays))
             error = HopError(grpc.StatusCode.UNAVAILABLE, f"next hop {address} closed the stream")
         except grpc.aio.AioRpcError as exc:
             error = HopError(grpc.StatusCode.UNAVAILABLE,
