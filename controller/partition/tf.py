@@ -30,12 +30,13 @@ def keras() -> Any:
         os.dup2(captured.fileno(), 2)
         try:
             import keras as module
-        finally:
+        finally:   # restore stderr and pass on what was not a notice, even if it failed
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode(errors="replace")
-    kept = [line for line in text.splitlines() if line.strip() and not _NOTICES.search(line)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
+            kept = [line for line in text.splitlines()
+                    if line.strip() and not _NOTICES.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
     return module
