@@ -11,7 +11,10 @@ agents started with --data-port off (activations over gRPC Infer, 1 MiB chunks).
    in this process. Per-hop overhead = (chain - one process) / 3: each agent adds one
    request hop and one answer hop. Floors for the same bytes: a plain blocking socket
    between two processes carrying each hop's activation and a 4 kB answer (what the
-   kernel charges), and a bare grpc.aio echo of 50 kB (the issue's reference).
+   kernel charges), a bare grpc.aio echo of 50 kB (the issue's reference), and the
+   "Python floor": the same 3 shards in 3 featureless Python relays (blocking sockets,
+   length-prefixed raw bytes, shard run inline, answer relayed back), measured in the same
+   rounds: the least any Python agent could add on this machine.
 2. Throughput: the model in 2 shards over 2 agents / the same 2 shards back to back in
    one thread, with 8 requests in flight (and a sweep of 2-16 over the data port). Ceiling on
    this machine: the two shards in two threads of one process with no transport at all.
@@ -163,6 +166,94 @@ def socket_floor(sizes: list[int], runs: int) -> list[float]:
         peer.kill()
 
 
+PYTHON_RELAY = r"""
+import socket, struct, sys
+import numpy as np
+from layerfleet.agent.runtime import ShardRunner
+shard, next_port = sys.argv[1], int(sys.argv[2])
+runner = ShardRunner(shard, num_threads=1)
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+print(listener.getsockname()[1], flush=True)
+down = socket.create_connection(("127.0.0.1", next_port)) if next_port else None
+up, _ = listener.accept()
+for s in (up, down):
+    if s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+def fill(sock, view):
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if not n: raise SystemExit
+        got += n
+
+def answer_from(sock):
+    head = bytearray(8); fill(sock, memoryview(head))
+    body = bytearray(struct.unpack("<Q", head)[0]); fill(sock, memoryview(body))
+    return head + body
+
+while True:
+    fill(up, memoryview(bytearray(8)))
+    inputs = {c.name: np.empty(c.shape, c.dtype) for c in sorted(runner.inputs, key=lambda c: c.name)}
+    for a in inputs.values():
+        fill(up, memoryview(a.reshape(-1).view(np.uint8)))
+    outputs = [a for _, a in sorted(runner.run(inputs).items())]
+    if down is None:
+        answer = b"".join(a.tobytes() for a in outputs)
+        up.sendall(struct.pack("<Q", len(answer)) + answer)
+        continue
+    down.sendall(struct.pack("<Q", sum(a.nbytes for a in outputs)))
+    for a in outputs:
+        down.sendall(a)
+    up.sendall(answer_from(down))
+"""
+
+
+class PythonChain:
+    """The Python floor: the split's shards in featureless relay processes (see above)."""
+
+    def __init__(self, directory: Path) -> None:
+        from layerfleet.controller.partition.manifest import Manifest
+
+        manifest = Manifest.load(directory)
+        self.procs: list[subprocess.Popen] = []
+        port = 0
+        for i in reversed(range(len(manifest.shards))):
+            p = subprocess.Popen([sys.executable, "-c", PYTHON_RELAY,
+                                  str(manifest.shard_path(directory, i)), str(port)],
+                                 stdout=subprocess.PIPE, text=True)
+            self.procs.append(p)
+            port = int(p.stdout.readline())
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def infer(self, x: dict[str, np.ndarray]) -> None:
+        import socket
+
+        arrays = [a for _, a in sorted(x.items())]
+        self.sock.sendall(struct.pack("<Q", sum(a.nbytes for a in arrays)))
+        for a in arrays:
+            self.sock.sendall(a)
+        (size,) = struct.unpack("<Q", self.sock.recv(8, socket.MSG_WAITALL))
+        assert len(self.sock.recv(size, socket.MSG_WAITALL)) == size
+
+    def latencies(self, x: dict[str, np.ndarray], runs: int) -> list[float]:
+        self.infer(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            self.infer(x)
+            times.append(time.perf_counter() - t)
+        return times
+
+    def stop(self) -> None:
+        self.sock.close()
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
 async def grpc_echo(address: str, runs: int, size: int = 50_000) -> float:
     """A bare grpc.aio bidirectional round trip of `size` bytes to an agent's Echo."""
     import grpc
@@ -245,6 +336,12 @@ def local_throughput(directory: Path, xs: list[dict]) -> float:
     return len(xs) / (time.perf_counter() - t)
 
 
+def cpu_seconds(pids: list[int]) -> list[float]:
+    import psutil
+
+    return [sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids]
+
+
 async def chain_throughput(client, xs: list[dict], in_flight: int = 8) -> float:
     await client.infer("m", xs[0])
     sem = asyncio.Semaphore(in_flight)
@@ -300,14 +397,16 @@ async def run(args: argparse.Namespace) -> None:
 
     # 1. latency, 3 shards
     agents = start_agents(tmp, 3)
+    python_chain = PythonChain(splits["mobilenet3"])
     local: list[float] = []
-    chain: dict[str, list[float]] = {k: [] for k in TRANSPORTS}
+    chain: dict[str, list[float]] = {k: [] for k in ("python_floor", *TRANSPORTS)}
     try:
         for a in agents.values():
             await deploy(splits["mobilenet3"], a.addresses, "m")
         cs = clients(agents)
         for _ in range(args.rounds):
             local += local_latencies(splits["mobilenet3"], x, args.requests)
+            chain["python_floor"] += python_chain.latencies(x, args.requests)
             for kind in TRANSPORTS:
                 chain[kind] += await chain_latencies(cs[kind], x, args.requests)
         assert [c.transport for c in cs.values()] == list(TRANSPORTS)
@@ -315,6 +414,7 @@ async def run(args: argparse.Namespace) -> None:
             await c.close()
         echo_50k = await grpc_echo(agents["dataport"].addresses[0], 200)
     finally:
+        python_chain.stop()
         for a in agents.values():
             a.stop()
     hop_bytes = [sum(int(np.prod(t.shape)) * 4 for t in s.inputs) for s in manifest.shards]
@@ -326,7 +426,7 @@ async def run(args: argparse.Namespace) -> None:
         "bare_grpc_50kB_round_trip_ms": echo_50k * 1000,
         **{kind: {"chain_s": _median(chain[kind]), "ratio": _median(chain[kind]) / local_s,
                   "per_hop_overhead_ms": (_median(chain[kind]) - local_s) / 3 * 1000}
-           for kind in TRANSPORTS}}
+           for kind in chain}}
 
     # 2. throughput, 2 shards
     xs = [{k: rng.random(v.shape, dtype=np.float32) for k, v in x.items()}
@@ -334,6 +434,7 @@ async def run(args: argparse.Namespace) -> None:
     agents = start_agents(tmp, 2)
     rates: dict[str, list[float]] = {k: [] for k in ("one_process", "ceiling", *TRANSPORTS)}
     window: dict[int, list[float]] = {n: [] for n in IN_FLIGHT_SWEEP}
+    cpu: dict[str, list[list[float]]] = {k: [] for k in TRANSPORTS}
     try:
         for a in agents.values():
             await deploy(splits["mobilenet2"], a.addresses, "m")
@@ -342,7 +443,11 @@ async def run(args: argparse.Namespace) -> None:
             rates["one_process"].append(local_throughput(splits["mobilenet2"], xs))
             rates["ceiling"].append(two_thread_ceiling(splits["mobilenet2"], xs))
             for kind in TRANSPORTS:
+                pids = [p.pid for p in agents[kind].procs] + [os.getpid()]
+                before = cpu_seconds(pids)
                 rates[kind].append(await chain_throughput(cs[kind], xs))
+                used = [a - b for a, b in zip(cpu_seconds(pids), before)]
+                cpu[kind].append([u / (len(xs) + 1) for u in used])
             for n in IN_FLIGHT_SWEEP:
                 window[n].append(await chain_throughput(cs["dataport"], xs, n))
         for c in cs.values():
@@ -357,6 +462,15 @@ async def run(args: argparse.Namespace) -> None:
     results["throughput"]["in_flight"] = 8
     results["throughput"]["dataport_ratio_by_in_flight"] = {str(n): _median(v) / one
                                                         for n, v in window.items()}
+    # CPU seconds per request in each process: the cores / their sum bounds the rate.
+    results["throughput"]["cpu_ms_per_request"] = {
+        kind: {who: _median([r[i] for r in rows]) * 1000
+               for i, who in enumerate(("agent_1", "agent_2", "client"))}
+        for kind, rows in cpu.items()}
+    cores = os.cpu_count() or 1
+    results["throughput"].update({
+        f"{kind}_cpu_bound_ratio": cores * 1000 / sum(ms.values()) / one
+        for kind, ms in results["throughput"]["cpu_ms_per_request"].items()})
 
     # 3. bandwidth, 8 MiB activation
     agents = start_agents(tmp, 1)
@@ -388,10 +502,12 @@ def report(results: dict) -> None:
     print(f"latency, 3 shards: one process {lat['one_process_s'] * 1000:.2f} ms; activations "
           f"per hop {[f'{b / 1e3:.0f} kB' for b in lat['hop_bytes']]}")
     row("", "chain ms", "/ one process", "per hop ms")
-    for kind in TRANSPORTS:
+    for kind in ("python_floor", *TRANSPORTS):
         k = lat[kind]
         row(kind, f"{k['chain_s'] * 1000:.2f}", f"{k['ratio']:.3f}",
             f"{k['per_hop_overhead_ms']:.3f}")
+    print("python_floor = the same shards in 3 featureless Python relays (blocking sockets, "
+          "raw bytes, shard inline): the least a Python agent adds here")
     print(f"goals: ratio <= 1.15, per hop <= 0.35 ms. Floors: a blocking socket between two "
           f"processes moves these hops (+4 kB back) in {', '.join(f'{f:.3f}' for f in floor)} "
           f"ms (mean {statistics.mean(floor):.3f}); bare grpc.aio 50 kB round trip "
@@ -403,7 +519,14 @@ def report(results: dict) -> None:
         row(kind, f"{thr[f'{kind}_rps']:.1f}", f"{thr[f'{kind}_ratio']:.2f}")
     sweep = ", ".join(f"{n}: {r:.2f}" for n, r in thr["dataport_ratio_by_in_flight"].items())
     print(f"goal >= 1.7; ceiling = the two shards in two threads of one process, no "
-          f"transport. Data-port ratio by requests in flight: {sweep}\n")
+          f"transport. Data-port ratio by requests in flight: {sweep}")
+    for kind in TRANSPORTS:
+        ms = thr["cpu_ms_per_request"][kind]
+        print(f"CPU per request over {kind}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in
+                                                       ms.items())
+              + f"; {os.cpu_count()} cores / their sum = {thr[f'{kind}_cpu_bound_ratio']:.2f}"
+              " x one process (the most this CPU cost allows)")
+    print()
     print("hop bandwidth, 8 MiB activation (goal >= 1 GB/s):")
     for kind, bps in bw.items():
         print(f"  {kind:<20} {bps / 1e9:6.2f} GB/s")
