@@ -94,13 +94,14 @@ class ShardRunner:
         self._from_sig = {s: a for a, s in self._to_sig.items()}
         in_details = self._runner.get_input_details()
         out_details = self._runner.get_output_details()
-        self.inputs: tuple[TensorContract, ...] = tuple(
-            TensorContract(self._from_sig.get(k, k), np.dtype(d["dtype"]), tuple(int(x) for x in d["shape"]))
-            for k, d in in_details.items())
-        self.outputs: tuple[TensorContract, ...] = tuple(
-            TensorContract(self._from_sig.get(k, k), np.dtype(d["dtype"]), tuple(int(x) for x in d["shape"]))
-            for k, d in out_details.items())
+        self.inputs = self._contracts(in_details)
+        self.outputs = self._contracts(out_details)
         self._inputs_by_name = {c.name: c for c in self.inputs}
+
+    def _contracts(self, details: Mapping[str, Any]) -> tuple[TensorContract, ...]:
+        return tuple(TensorContract(self._from_sig.get(k, k), np.dtype(d["dtype"]),
+                                    tuple(int(x) for x in d["shape"]))
+                     for k, d in details.items())
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Raise ShardInputError naming expected and received when inputs break the contract."""

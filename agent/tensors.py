@@ -48,7 +48,8 @@ def dtype_code(dtype: np.dtype | str | type) -> int:
         return _FROM_NUMPY[dt.newbyteorder("<").str.lstrip("<|")]
     except KeyError:
         raise TensorError(f"dtype {dt.name} cannot travel on the wire; "
-                          f"supported: {', '.join(sorted(d.name for d in _TO_NUMPY.values()))}") from None
+                          f"supported: {', '.join(sorted(d.name for d in _TO_NUMPY.values()))}"
+                          ) from None
 
 
 def numpy_dtype(code: int) -> np.dtype:
@@ -103,7 +104,8 @@ def encode_many(arrays: Mapping[str, np.ndarray]) -> list[tensor_pb2.Tensor]:
     return [encode(name, arr) for name, arr in arrays.items()]
 
 
-def decode_many(tensors: list[tensor_pb2.Tensor] | Iterator[tensor_pb2.Tensor]) -> dict[str, np.ndarray]:
+def decode_many(tensors: list[tensor_pb2.Tensor] | Iterator[tensor_pb2.Tensor]
+                ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for t in tensors:
         if t.name in out:

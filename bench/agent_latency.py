@@ -193,7 +193,8 @@ def answer_from(sock):
 
 while True:
     fill(up, memoryview(bytearray(8)))
-    inputs = {c.name: np.empty(c.shape, c.dtype) for c in sorted(runner.inputs, key=lambda c: c.name)}
+    inputs = {c.name: np.empty(c.shape, c.dtype)
+              for c in sorted(runner.inputs, key=lambda c: c.name)}
     for a in inputs.values():
         fill(up, memoryview(a.reshape(-1).view(np.uint8)))
     outputs = [a for _, a in sorted(runner.run(inputs).items())]

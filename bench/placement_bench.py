@@ -144,7 +144,8 @@ def main() -> None:
                 print(f"{name:<18}{costs.n:>7} {fleet_name:<20}{objective:<11}{shown(score):>12}"
                       f"{shown(base_score):>15} {best_name:<16}{ratio:>7.3f}{seconds * 1000:>9.1f}")
                 rows.append({"model": name, "layers": costs.n, "fleet": fleet_name,
-                             "objective": objective, "layerfleet": score, "best_baseline": base_score,
+                             "objective": objective, "layerfleet": score,
+                             "best_baseline": base_score,
                              "best_baseline_strategy": best_name, "ratio": ratio,
                              "plan_s": seconds, "stages": len(found[0].stages),
                              "strategy": found[0].strategy,

@@ -16,7 +16,8 @@ import click
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("cli_partition", "inspect", "Show a model's layers, cut points, FLOPs and bytes."),
     "split": ("cli_partition", "split", "Cut a model into LiteRT shards with a manifest."),
-    "run-local": ("cli_partition", "run_local", "Run a split model's shards in order in this process."),
+    "run-local": ("cli_partition", "run_local",
+                  "Run a split model's shards in order in this process."),
     "devices": ("cli_fleet", "devices", "List the fleet's devices with calibration and telemetry."),
     "models": ("cli_fleet", "models", "Register models (add) and list them (list)."),
     "plan": ("cli_fleet", "plan", "Dry run: best placements of a model, with predictions."),

@@ -2,9 +2,9 @@
 
 Starts a controller and three agents on loopback (state in a temporary directory; the agents
 join with a token, as agents off the controller's LAN do), trains a small CNN on
-scikit-learn's bundled digits for a few seconds (30 epochs), registers it and MobileNetV2, deploys each
-across the three agents, classifies the held-out digits through the fleet, and prints the
-accuracy, the placement and the latency per hop. Then stops everything.
+scikit-learn's bundled digits for a few seconds (30 epochs), registers it and MobileNetV2,
+deploys each across the three agents, classifies the held-out digits through the fleet, and
+prints the accuracy, the placement and the latency per hop. Then stops everything.
 
 The demo asks for the throughput objective: on three identical agents on one machine, the
 latency objective rightly keeps a small model on one agent (every hop costs time), while

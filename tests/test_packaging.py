@@ -18,6 +18,7 @@ def _package_folders() -> set[str]:
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert _package_folders() <= listed, f"add to pyproject packages: {_package_folders() - listed}"
-    assert listed <= _package_folders(), f"listed but missing on disk: {listed - _package_folders()}"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed, found = set(pyproject["tool"]["setuptools"]["packages"]), _package_folders()
+    assert found <= listed, f"add to pyproject packages: {found - listed}"
+    assert listed <= found, f"listed but missing on disk: {listed - found}"

@@ -29,7 +29,8 @@ def test_decode_is_a_view_not_a_copy() -> None:
 
 def test_byte_count_that_does_not_match_shape_is_refused() -> None:
     msg = tensor_pb2.Tensor(name="x", dtype=tensor_pb2.FLOAT32, shape=[2, 2], data=b"\0" * 12)
-    with pytest.raises(tensors.TensorError, match="12 bytes for shape \\[2, 2\\] float32, expected 16"):
+    with pytest.raises(tensors.TensorError,
+                       match="12 bytes for shape \\[2, 2\\] float32, expected 16"):
         tensors.decode(msg)
 
 

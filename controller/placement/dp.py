@@ -269,9 +269,10 @@ def _why_nothing_fits(costs: ModelCosts, fleet: Fleet) -> str:
         return (f"layer {worst} ({costs.layer_names[worst]}, {need / 1e6:.1f} MB) does not fit "
                 f"any device: largest free memory is {biggest.id} with "
                 f"{biggest.memory_bytes / 1e6:.1f} MB")
+    free = sum(d.memory_bytes for d in fleet.devices)
     return (f"layers 0-{costs.n - 1} ({total / 1e6:.1f} MB in all) do not fit the "
-            f"{len(fleet.devices)} devices up ({sum(d.memory_bytes for d in fleet.devices) / 1e6:.1f}"
-            f" MB free in all, each device used once)")
+            f"{len(fleet.devices)} devices up ({free / 1e6:.1f} MB free in all, each device "
+            f"used once)")
 
 
 def min_latency(costs: ModelCosts, fleet: Fleet, **kw: object) -> list[Placement]:

@@ -10,7 +10,8 @@ import layerfleet.agent
 
 
 def test_no_agent_module_imports_tensorflow():
-    modules = [f"layerfleet.agent.{m.name}" for m in pkgutil.iter_modules(layerfleet.agent.__path__)]
+    modules = [f"layerfleet.agent.{m.name}"
+               for m in pkgutil.iter_modules(layerfleet.agent.__path__)]
     assert "layerfleet.agent.main" in modules
     code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', "
