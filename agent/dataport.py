@@ -110,6 +110,20 @@ def encode_frame(message: Message, arrays: Mapping[str, np.ndarray] | None = Non
     return [b"".join(first), *views]
 
 
+def send_frame(sock: socket.socket, message: Message,
+               arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write one frame on a blocking socket (callers serialize writers with a lock)."""
+    for piece in encode_frame(message, arrays):
+        sock.sendall(piece)
+
+
+def tune(sock: socket.socket) -> None:
+    """No Nagle delay, and buffers that take a whole activation in one send."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+
+
 # -- receiving -------------------------------------------------------------------------
 
 
@@ -297,9 +311,7 @@ class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            tune(sock)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         transport.set_write_buffer_limits(high=HIGH_WATER_BYTES)

@@ -200,6 +200,7 @@ class AgentServer:
             metrics.observe_inference(shard, seconds, joules)
 
     async def start(self) -> str:
+        self.pipeline.loop = asyncio.get_running_loop()   # gRPC next hops live on it
         self.server = transport.server()
         port = transport.add_port(self.server, self.settings.listen,
                                   insecure=self.settings.insecure)

@@ -1,12 +1,17 @@
 """The data path: run this agent's stage, forward to the next hop, return the answer.
 
 Routes map (deployment, stage) to a shard and the next hop(s). A request runs its shard in
-a worker thread (LiteRT releases the GIL while it computes), then all outputs go to the
-next stage over one persistent stream per next-hop address (stream.py). The answer comes
-back up the same streams: each agent puts its own HopTiming in front of the ones from
-downstream and answers whoever sent it the request. So the client that called the first
-stage gets the final output, without the controller relaying any hop, and no agent needs
-to reach back to the client (NAT-friendly).
+the thread that received it (a data-port connection's thread, or a worker for gRPC Infer:
+LiteRT releases the GIL while it computes), then its outputs go to the next stage over one
+persistent connection per next-hop address (links.py), and the thread moves on to the
+next request. The answer comes back up the same connections: each agent puts its own
+HopTiming in front of the ones from downstream and answers whoever sent it the request. So
+the client that called the first stage gets the final output, without the controller
+relaying any hop, and no agent needs to reach back to the client (NAT-friendly).
+
+Why threads and not the event loop: a blocking thread per connection wakes once per frame
+and runs a few lines of Python; the loop's wakeups, handoffs and task steps cost ~0.4 ms
+more per hop here (docs/agent.md, "Measured"). The event loop keeps the control plane.
 
 Exits: a route may carry an exit test (max of a probability output >= threshold); a sample
 that passes returns from here and the rest of the chain never sees it.
@@ -26,66 +31,161 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from layerfleet.agent.links import Link, open_link
 from layerfleet.agent.runtime import ShardInputError, ShardRunner
-from layerfleet.agent.store import ShardStore
-from layerfleet.agent.stream import HopError, InferStream, Reply
+from layerfleet.agent.store import ShardStore, StoreError
+from layerfleet.agent.stream import HopError, Reply
 from layerfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 ROUTES_FILE = "routes.json"
 
+STORE_STATUS = {"data_loss": grpc.StatusCode.DATA_LOSS,
+                "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "not_found": grpc.StatusCode.NOT_FOUND,
+                "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT}
+
 
 @dataclass
-class Outcome:
-    outputs: dict[str, np.ndarray]
-    hops: list[agent_pb2.HopTiming]
+class Answer:
+    """What goes back for one request."""
+
+    request_id: int
+    outputs: dict[str, np.ndarray] | None = None
+    hops: list[agent_pb2.HopTiming] = field(default_factory=list)
     exited_at_stage: int = -1
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+
+    def header(self) -> agent_pb2.InferResponse:
+        """The response without its tensors."""
+        return agent_pb2.InferResponse(
+            request_id=self.request_id, hops=self.hops, exited_at_stage=self.exited_at_stage,
+            status_code=self.code.value[0], status_message=self.message)
+
+
+def failed(request_id: int, exc: Exception, device_id: str) -> Answer:
+    """The answer for a request that raised: its status, or INTERNAL naming this agent."""
+    if isinstance(exc, HopError):
+        return Answer(request_id, code=exc.code, message=exc.message)
+    if isinstance(exc, StoreError):
+        return Answer(request_id, code=STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL),
+                      message=str(exc))
+    log.error("request %d failed", request_id, exc_info=exc)
+    return Answer(request_id, code=grpc.StatusCode.INTERNAL,
+                  message=f"{device_id}: internal error: {exc}")
+
+
+class Ticket:
+    """A request this agent forwarded, waiting for the next hop's answer.
+
+    `reply` is called exactly once: with the first good answer (a hedged request's other
+    copies are then cancelled), or with the first error once every copy has failed. A
+    cancelled ticket never replies. Answers arrive on the links' reader threads.
+    """
+
+    def __init__(self, request_id: int, mine: agent_pb2.HopTiming, copies: int,
+                 reply: Callable[[Answer], None]) -> None:
+        self.request_id = request_id
+        self.mine = mine
+        self.expected = copies
+        self.reply = reply
+        self.sent_at = time.perf_counter()
+        self.copies: list[tuple[Link, object]] = []   # (link, its handle for the copy)
+        self._errors: list[HopError] = []
+        self._lock = threading.Lock()
+        self.done = False
+
+    def sent(self, link: Link, handle: object) -> None:
+        with self._lock:
+            self.copies.append((link, handle))
+            late = self.done
+        if late:   # a twin already answered
+            link.cancel(handle)
+
+    def answered(self, result: Reply | HopError) -> None:
+        with self._lock:
+            if self.done:
+                return
+            if isinstance(result, HopError):
+                self._errors.append(result)
+                if len(self._errors) < self.expected:
+                    return
+                first = self._errors[0]
+                answer = Answer(self.request_id, code=first.code, message=first.message)
+            else:
+                self.mine.forward_s = time.perf_counter() - self.sent_at
+                answer = Answer(self.request_id, result.outputs, [self.mine, *result.hops],
+                                result.exited_at_stage)
+            self.done = True
+            others = list(self.copies)
+        for link, handle in others:   # the hedged twins still running
+            link.cancel(handle)
+        self.reply(answer)
+
+    def cancel(self) -> None:
+        """The sender gave up: drop every copy downstream, answer nothing."""
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+            copies = list(self.copies)
+        for link, handle in copies:
+            link.cancel(handle)
 
 
 class Compute:
-    """A pool of worker threads, each with its own interpreter per shard (LiteRT
-    interpreters are not thread-safe; one per thread avoids locks on the hot path)."""
+    """Runs shards in the caller's thread, at most `workers` at a time. Interpreters are
+    pooled per shard (LiteRT interpreters are not thread-safe; one per concurrent run)."""
 
     def __init__(self, workers: int, threads_per_run: int | None,
                  load: Callable[[str], bytes]) -> None:
+        # gRPC Infer requests run here; data-port requests run in their connection's thread.
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shard")
         self.threads_per_run = threads_per_run
         self._load = load
-        self._local = threading.local()
+        self._slots = threading.BoundedSemaphore(workers)
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[ShardRunner]] = {}
         self.delay_s = 0.0  # SetFaults: a deliberately slow device, for tests
 
-    def runner(self, sha256: str) -> ShardRunner:
-        runners: dict[str, ShardRunner] = self._local.__dict__.setdefault("runners", {})
-        runner = runners.get(sha256)
-        if runner is None:
-            runner = runners[sha256] = ShardRunner(self._load(sha256),
-                                                   num_threads=self.threads_per_run)
-        return runner
+    def run(self, sha256: str, inputs: Mapping[str, np.ndarray]
+            ) -> tuple[dict[str, np.ndarray], float, float]:
+        """(outputs, seconds waiting for a slot, seconds computing)."""
+        queued = time.perf_counter()
+        with self._slots:
+            started = time.perf_counter()
+            runner = self._take(sha256)
+            try:
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                outputs = runner.run(inputs)
+            finally:
+                self._give(sha256, runner)
+        return outputs, started - queued, time.perf_counter() - started
 
-    def _run(self, sha256: str, inputs: Mapping[str, np.ndarray], queued_at: float
-             ) -> tuple[dict[str, np.ndarray], float, float]:
-        started = time.perf_counter()
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        outputs = self.runner(sha256).run(inputs)
-        return outputs, started - queued_at, time.perf_counter() - started
+    def _take(self, sha256: str) -> ShardRunner:
+        with self._lock:
+            idle = self._idle.setdefault(sha256, [])
+            if idle:
+                return idle.pop()
+        return ShardRunner(self._load(sha256), num_threads=self.threads_per_run)
 
-    async def run(self, sha256: str, inputs: Mapping[str, np.ndarray]
-                  ) -> tuple[dict[str, np.ndarray], float, float]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._run, sha256, inputs,
-                                          time.perf_counter())
+    def _give(self, sha256: str, runner: ShardRunner) -> None:
+        with self._lock:
+            if sha256 in self._idle:   # not forgotten meanwhile
+                self._idle[sha256].append(runner)
 
     def forget(self, sha256: str) -> None:
-        """Drop cached interpreters for a removed shard (each thread drops its own lazily)."""
-        runners = self._local.__dict__.get("runners", {})
-        runners.pop(sha256, None)
+        """Drop the interpreters of a removed shard."""
+        with self._lock:
+            self._idle.pop(sha256, None)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
@@ -104,9 +204,10 @@ class Pipeline:
         self.chunk_bytes = chunk_bytes
         self.use_data_ports = use_data_ports   # reach next hops on their data ports
         self.routes: dict[tuple[str, int], agent_pb2.Route] = {}
-        self.contracts: dict[str, ShardRunner] = {}  # for checking inputs on the event loop
-        self.hops: dict[str, InferStream] = {}
-        self.in_flight = 0
+        self.contracts: dict[str, ShardRunner] = {}  # for checking inputs before a slot
+        self.hops: dict[str, Link] = {}   # next-hop address -> its connection, made on use
+        self._hops_lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None   # the agent's; set by start()
 
     # -- routes -------------------------------------------------------------------------
 
@@ -147,10 +248,6 @@ class Pipeline:
                              f"{route.shard_sha256[:12]}: {[c.name for c in runner.outputs]}")
         self.contracts[route.shard_sha256] = runner
         self.routes[(route.deployment, route.stage)] = route
-        for address in route.next_hops:
-            if address not in self.hops:
-                self.hops[address] = InferStream(address, use_data_port=self.use_data_ports, **(
-                    {"chunk_bytes": self.chunk_bytes} if self.chunk_bytes else {}))
         if persist:
             self._persist()
 
@@ -173,61 +270,69 @@ class Pipeline:
 
     # -- requests -----------------------------------------------------------------------
 
-    async def handle(self, deployment: str, stage: int, inputs: Mapping[str, np.ndarray]
-                     ) -> Outcome:
-        route = self.route(deployment, stage)
+    def handle(self, request_id: int, deployment: str, stage: int,
+               inputs: Mapping[str, np.ndarray], reply: Callable[[Answer], None]
+               ) -> Ticket | None:
+        """Run this agent's stage in the calling thread and see the request through.
+
+        `reply` gets the answer exactly once: from this thread (last stage, exit, error) or,
+        when the request went on to a next hop, from that link's reader thread. Returns the
+        Ticket of a forwarded request (to cancel it), else None.
+        """
         try:
-            self.contracts[route.shard_sha256].check(inputs)
-        except ShardInputError as exc:
-            raise HopError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{deployment} stage {stage} on {self.device_id}: {exc}") from None
-        self.in_flight += 1
-        try:
-            outputs, queue_s, compute_s = await self.compute.run(route.shard_sha256, inputs)
-        finally:
-            self.in_flight -= 1
+            route = self.route(deployment, stage)
+            try:
+                self.contracts[route.shard_sha256].check(inputs)
+            except ShardInputError as exc:
+                raise HopError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{deployment} stage {stage} on {self.device_id}: {exc}") from None
+            outputs, queue_s, compute_s = self.compute.run(route.shard_sha256, inputs)
+        except Exception as exc:
+            reply(failed(request_id, exc, self.device_id))
+            return None
         if self.on_inference is not None:
             self.on_inference(route.shard_sha256, compute_s)
         mine = agent_pb2.HopTiming(device_id=self.device_id, stage=stage, queue_s=queue_s,
                                    compute_s=compute_s)
         if route.exit.enabled and float(np.max(outputs[route.exit.output_name])) >= \
                 route.exit.threshold:
-            return Outcome(outputs, [mine], exited_at_stage=stage)
+            reply(Answer(request_id, outputs, [mine], exited_at_stage=stage))
+            return None
         if not route.next_hops:
-            return Outcome(outputs, [mine])
-        sent = time.perf_counter()
-        reply = await self._forward(route, outputs)
-        mine.forward_s = time.perf_counter() - sent
-        return Outcome(reply.outputs, [mine, *reply.hops], reply.exited_at_stage)
-
-    async def _forward(self, route: agent_pb2.Route, outputs: dict[str, np.ndarray]) -> Reply:
-        hops = [self.hops[a] for a in route.next_hops]
-        following = route.stage + 1
+            reply(Answer(request_id, outputs, [mine]))
+            return None
+        try:
+            hops = [self.hop(address) for address in route.next_hops]
+        except HopError as exc:
+            reply(failed(request_id, exc, self.device_id))
+            return None
         if route.replica_mode == agent_pb2.HEDGED and len(hops) > 1:
             k = max(2, min(route.hedge_k or 2, len(hops)))
             chosen = sorted(hops, key=lambda h: h.outstanding)[:k]
-            return await _first_answer([h.infer(route.deployment, following, outputs)
-                                        for h in chosen])
-        hop = min(hops, key=lambda h: h.outstanding)
-        return await hop.infer(route.deployment, following, outputs)
+        else:
+            chosen = [min(hops, key=lambda h: h.outstanding)]
+        ticket = Ticket(request_id, mine, len(chosen), reply)
+        for link in chosen:
+            try:
+                link.send(route.deployment, stage + 1, outputs, ticket)
+            except HopError as exc:
+                ticket.answered(exc)
+        return ticket
+
+    def hop(self, address: str) -> Link:
+        """The connection to a next hop, opened (or reopened, if it broke) on first use."""
+        with self._hops_lock:
+            link = self.hops.get(address)
+            if link is None or not link.alive:
+                assert self.loop is not None, "Pipeline.loop is set when the agent starts"
+                link = self.hops[address] = open_link(
+                    address, self.loop, use_data_port=self.use_data_ports,
+                    chunk_bytes=self.chunk_bytes)
+            return link
 
     async def close(self) -> None:
-        for hop in self.hops.values():
-            await hop.close()
+        with self._hops_lock:
+            links, self.hops = list(self.hops.values()), {}
+        for link in links:
+            await link.close()
         self.compute.shutdown()
-
-
-async def _first_answer(calls: list) -> Reply:
-    """The first successful reply; the others are cancelled (their hops drop the work)."""
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    errors: list[BaseException] = []
-    try:
-        for next_done in asyncio.as_completed(tasks):
-            try:
-                return await next_done
-            except HopError as exc:
-                errors.append(exc)
-        raise errors[0]
-    finally:
-        for task in tasks:
-            task.cancel()

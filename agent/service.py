@@ -20,8 +20,8 @@ import psutil
 from layerfleet import __version__
 from layerfleet.agent import runtime, tensors, wire
 from layerfleet.agent.energy import board_name
-from layerfleet.agent.pipeline import Pipeline
-from layerfleet.agent.session import STORE_STATUS, Answer, Session
+from layerfleet.agent.pipeline import STORE_STATUS, Answer, Pipeline
+from layerfleet.agent.session import Session
 from layerfleet.agent.store import ShardStore, StoreError
 from layerfleet.agent.telemetry import Telemetry
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc, tensor_pb2
@@ -153,15 +153,17 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def Infer(self, request_iterator: AsyncIterator[agent_pb2.InferRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.InferResponse]:
         outbox: asyncio.Queue[agent_pb2.InferResponse | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
 
-        def send(answer: Answer) -> None:
+        def enqueue(answer: Answer) -> None:
             for message in wire.responses(answer.request_id, answer.outputs, answer.hops,
                                           exited_at_stage=answer.exited_at_stage,
                                           status_code=answer.code.value[0],
                                           status_message=answer.message):
                 outbox.put_nowait(message)
 
-        session = Session(self.pipeline, send)
+        # Answers come from worker and link threads; the stream is the loop's.
+        session = Session(self.pipeline, lambda a: loop.call_soon_threadsafe(enqueue, a))
         assembler = wire.Assembler(self.max_request_bytes)
 
         async def read() -> None:
@@ -186,7 +188,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         first, inputs = done
                         session.submit(message.request_id, first.deployment, first.stage,
                                        inputs)
-                await session.drain()
+                while not await asyncio.to_thread(session.wait_idle, 1.0):
+                    pass
             finally:
                 outbox.put_nowait(None)
 

@@ -52,7 +52,8 @@ def status_code(value: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
 
-def _result(answer: agent_pb2.InferResponse, arrays: dict[str, np.ndarray]) -> Reply | HopError:
+def answer_result(answer: agent_pb2.InferResponse, arrays: dict[str, np.ndarray]
+                  ) -> Reply | HopError:
     """What an agent's answer means for the waiting request."""
     if answer.status_code:
         return HopError(status_code(answer.status_code), answer.status_message)
@@ -222,7 +223,7 @@ class _DataPortCarrier:
 
     def _on_frame(self, frame: dataport.Frame[agent_pb2.InferResponse]) -> None:
         result = (HopError(*frame.error) if frame.error is not None
-                  else _result(frame.message, frame.arrays))
+                  else answer_result(frame.message, frame.arrays))
         self._stream._deliver(frame.message.request_id, result)
 
     def _on_lost(self, reason: str | None) -> None:
@@ -276,7 +277,7 @@ class _GrpcCarrier:
                 if done is None:
                     continue
                 last, arrays = done
-                self._stream._deliver(message.request_id, _result(last, arrays))
+                self._stream._deliver(message.request_id, answer_result(last, arrays))
             error = HopError(grpc.StatusCode.UNAVAILABLE, f"next hop {address} closed the stream")
         except grpc.aio.AioRpcError as exc:
             error = HopError(grpc.StatusCode.UNAVAILABLE,

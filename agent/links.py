@@ -1,0 +1,216 @@
+"""An agent's connections to its next hops, used from the threads that run requests.
+
+A link carries this agent's forwarded requests to one next-hop address and hands each
+answer to the request's Ticket (pipeline.py). Two kinds:
+
+- DataPortLink: a blocking socket to the next hop's data port, written under a lock by any
+  request thread, read by its own thread. The normal case.
+- GrpcLink: a gRPC Infer stream (stream.InferStream) on the agent's event loop, for a next
+  hop without a data port (or that refuses it). Slower; requests cross into the loop.
+
+A link that breaks fails every request it carried with UNAVAILABLE naming the address and
+is then dead; the pipeline opens a fresh one for the next request (asking the hop again
+where its data port is: a restarted agent may have moved it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+import grpc
+import numpy as np
+from layerfleet.agent import dataport, transport
+from layerfleet.agent.stream import (
+    CONNECT_TIMEOUT_S,
+    DATA_PORT_CONNECT_TIMEOUT_S,
+    HopError,
+    InferStream,
+    Reply,
+    answer_result,
+)
+from layerfleet.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from layerfleet.agent.pipeline import Ticket
+
+log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    address: str
+    carrier: str   # 'dataport' or 'grpc'
+
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def outstanding(self) -> int: ...
+    def send(self, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
+             ticket: Ticket) -> None: ...
+    def cancel(self, handle: object) -> None: ...
+    async def close(self) -> None: ...
+
+
+def open_link(address: str, loop: asyncio.AbstractEventLoop, *, use_data_port: bool = True,
+              chunk_bytes: int | None = None) -> Link:
+    """Connect to a next hop: its data port when it announces one and we may use it,
+    else gRPC. Raises HopError (UNAVAILABLE, naming the hop) when it cannot be reached."""
+    if use_data_port:
+        try:
+            with transport.sync_channel(address) as channel:
+                info = agent_pb2_grpc.AgentStub(channel).Describe(
+                    agent_pb2.DescribeRequest(), timeout=CONNECT_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise HopError(grpc.StatusCode.UNAVAILABLE,
+                           f"next hop {address} unavailable: {exc.details()}") from None
+        if info.data_port:
+            host = address.rsplit(":", 1)[0].strip("[]")
+            try:
+                return DataPortLink.connect(address, host, info.data_port)
+            except OSError as exc:
+                log.warning("data port of %s (%d) refused: %s; using gRPC", address,
+                            info.data_port, exc)
+    return GrpcLink(address, loop, chunk_bytes)
+
+
+class DataPortLink:
+    carrier = "dataport"
+
+    def __init__(self, address: str, sock: socket.socket) -> None:
+        self.address = address
+        self._sock = sock
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Ticket] = {}
+        self._alive = True
+        threading.Thread(target=self._read, name=f"link {address}", daemon=True).start()
+
+    @classmethod
+    def connect(cls, address: str, host: str, port: int) -> DataPortLink:
+        sock = socket.create_connection((host, port), timeout=DATA_PORT_CONNECT_TIMEOUT_S)
+        sock.settimeout(None)
+        context = transport.data_port_client_ssl()
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname=host)
+        dataport.tune(sock)
+        sock.sendall(dataport.PREFACE)
+        return cls(address, sock)
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    def send(self, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
+             ticket: Ticket) -> None:
+        request_id = next(self._ids)
+        self._pending[request_id] = ticket
+        ticket.sent(self, request_id)
+        request = agent_pb2.InferRequest(request_id=request_id, deployment=deployment,
+                                         stage=stage)
+        try:
+            with self._send_lock:
+                dataport.send_frame(self._sock, request, arrays)
+        except OSError as exc:
+            self._pending.pop(request_id, None)
+            self._hang_up()   # a frame may be half-written: the connection is done
+            raise HopError(grpc.StatusCode.UNAVAILABLE,
+                           f"next hop {self.address} unavailable: {exc}") from None
+
+    def cancel(self, handle: object) -> None:
+        if self._pending.pop(handle, None) is None or not self._alive:  # type: ignore[arg-type]
+            return
+        try:
+            with self._send_lock:
+                dataport.send_frame(self._sock, agent_pb2.InferRequest(
+                    request_id=handle, cancel=True))  # type: ignore[arg-type]
+        except OSError:
+            self._hang_up()
+
+    def _read(self) -> None:
+        reader = dataport.FrameReader(agent_pb2.InferResponse)
+        why = ""
+        try:
+            while n := self._sock.recv_into(reader.get_buffer()):
+                for frame in reader.buffer_updated(n):
+                    ticket = self._pending.pop(frame.message.request_id, None)
+                    if ticket is not None:
+                        ticket.answered(HopError(*frame.error) if frame.error is not None
+                                        else answer_result(frame.message, frame.arrays))
+        except (OSError, dataport.DataProtocolError) as exc:
+            why = f": {exc}"
+        self._alive = False
+        self._hang_up()
+        error = HopError(grpc.StatusCode.UNAVAILABLE,
+                         f"next hop {self.address} closed its data port connection{why}")
+        while self._pending:
+            _, ticket = self._pending.popitem()
+            ticket.answered(error)
+
+    def _hang_up(self) -> None:
+        self._alive = False
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)   # wakes the reader thread
+        except OSError:
+            pass
+
+    async def close(self) -> None:
+        self._hang_up()
+        self._sock.close()
+
+
+class GrpcLink:
+    """Requests to a hop without a data port, over gRPC Infer on the agent's event loop."""
+
+    carrier = "grpc"
+
+    def __init__(self, address: str, loop: asyncio.AbstractEventLoop,
+                 chunk_bytes: int | None) -> None:
+        self.address = address
+        self._loop = loop
+        self._stream = InferStream(address, use_data_port=False,
+                                   **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}))
+        self._calls: set[concurrent.futures.Future[Reply]] = set()
+
+    @property
+    def alive(self) -> bool:
+        return True   # the stream reconnects by itself
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._calls)
+
+    def send(self, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
+             ticket: Ticket) -> None:
+        call = asyncio.run_coroutine_threadsafe(self._stream.infer(deployment, stage, arrays),
+                                                self._loop)
+        self._calls.add(call)
+        ticket.sent(self, call)
+
+        def done(call: concurrent.futures.Future[Reply]) -> None:
+            self._calls.discard(call)
+            if call.cancelled():
+                return
+            exc = call.exception()
+            if exc is None:
+                ticket.answered(call.result())
+            else:
+                ticket.answered(exc if isinstance(exc, HopError) else HopError(
+                    grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: {exc}"))
+
+        call.add_done_callback(done)
+
+    def cancel(self, handle: object) -> None:
+        handle.cancel()  # type: ignore[attr-defined]  # InferStream sends the hop a cancel
+
+    async def close(self) -> None:
+        await self._stream.close()
