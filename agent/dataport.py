@@ -21,9 +21,10 @@ too big) is skipped whole and answered with a status; only an unreadable header 
 connection.
 
 Receiving is zero-copy for big tensors: `FrameReader` hands out a view of a fresh numpy
-array as the socket's receive buffer (asyncio.BufferedProtocol); small tensors and
-headers land in a scratch buffer first. Sending hands the arrays' own memory to the
-transport. `FrameReader` and `encode_frame` are pure (no I/O) and tested on their own.
+array as the socket's receive buffer (the agent's threads `recv_into` it; asyncio senders
+use it as a BufferedProtocol); small tensors and headers land in a scratch buffer first.
+Sending hands the arrays' own memory to the socket. `FrameReader` and `encode_frame` are
+pure (no I/O) and tested on their own.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ SCRATCH_BYTES = 256 << 10
 # Per-request payload cap (the gRPC path's message cap is per 1 MiB chunk; this is per
 # request). An activation above it is answered RESOURCE_EXHAUSTED and skipped.
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
-# Above this much unsent data a sender waits and an agent stops reading (backpressure).
+# Above this much unsent data an asyncio sender waits (backpressure).
 HIGH_WATER_BYTES = 64 << 20
 COALESCE_BYTES = 64 << 10       # payload copied in with the header (encode_frame)
 SOCKET_BUFFER_BYTES = 4 << 20    # lets the kernel take a whole activation in one send
@@ -284,23 +285,21 @@ class FrameReader(Generic[Message]):
 
 
 class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
-    """One end of a data-port connection: frames in through `on_frame`, frames out through `send`.
+    """An asyncio sender's end of a data-port connection (stream.py): frames in through
+    `on_frame`, frames out through `send`.
 
     `on_lost(reason)` is called once when the connection ends (reason None: closed
     cleanly). Backpressure: `send` never blocks; `writable()` waits while more than
-    HIGH_WATER_BYTES are unsent, and with `pause_reading_when_full` (the agent's side) the
-    connection stops reading new requests until its answers drain.
+    HIGH_WATER_BYTES are unsent.
     """
 
     def __init__(self, incoming: type[Message], on_frame: Callable[[Frame[Message]], None],
                  on_lost: Callable[[str | None], None], *,
-                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 pause_reading_when_full: bool = False) -> None:
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         self._reader: FrameReader[Message] = FrameReader(incoming,
                                                          max_payload_bytes=max_payload_bytes)
         self._on_frame = on_frame
         self._on_lost = on_lost
-        self._pause_reading = pause_reading_when_full
         self._writable = asyncio.Event()
         self._writable.set()
         self._error: str | None = None
@@ -342,13 +341,9 @@ class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
 
     def pause_writing(self) -> None:
         self._writable.clear()
-        if self._pause_reading and self.transport is not None:
-            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self._pause_reading and self.transport is not None:
-            self.transport.resume_reading()
 
     async def writable(self) -> None:
         await self._writable.wait()

@@ -34,6 +34,7 @@ from layerfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 30
+MAX_CONNECTIONS = 256   # a thread each; a fleet needs a handful (upstream stages, router)
 
 
 class Upstream:
@@ -184,7 +185,14 @@ class DataPortServer:
                 sock.close()
                 continue
             with self._lock:
-                self._upstreams.add(upstream)
+                full = len(self._upstreams) >= MAX_CONNECTIONS
+                if not full:
+                    self._upstreams.add(upstream)
+            if full:
+                log.warning("data port: %d connections already; refusing %s", MAX_CONNECTIONS,
+                            upstream.peer)
+                sock.close()
+                continue
             threading.Thread(target=self._serve, args=(upstream,),
                              name=f"data port {upstream.peer}", daemon=True).start()
 

@@ -201,11 +201,10 @@ class GrpcLink:
             if call.cancelled():
                 return
             exc = call.exception()
-            if exc is None:
-                ticket.answered(call.result())
-            else:
-                ticket.answered(exc if isinstance(exc, HopError) else HopError(
-                    grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: {exc}"))
+            result = call.result() if exc is None else exc if isinstance(exc, HopError) \
+                else HopError(grpc.StatusCode.UNAVAILABLE, f"next hop {self.address}: {exc}")
+            # Relaying may block on a slow sender: not on the event loop.
+            self._loop.run_in_executor(None, ticket.answered, result)
 
         call.add_done_callback(done)
 

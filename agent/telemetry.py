@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -71,16 +72,19 @@ class Telemetry:
         self.method = ("ina219" if self._ina else "rapl" if self._rapl
                        else f"model:{self.model.board}")
         self.shards: dict[str, ShardStats] = {}
+        self._recording = threading.Lock()
         self._joules_total = 0.0
         self._last_time = time.monotonic()
         psutil.cpu_percent(percpu=True)  # prime the counters
 
     def record_inference(self, shard: str, seconds: float, threads: int = 1) -> float:
+        """Called from the threads that run shards."""
         joules = self.model.busy_joules(seconds, threads, self.cores)
-        stats = self.shards.setdefault(shard, ShardStats())
-        stats.count += 1
-        stats.joules += joules
-        stats.latencies.append(seconds)
+        with self._recording:
+            stats = self.shards.setdefault(shard, ShardStats())
+            stats.count += 1
+            stats.joules += joules
+            stats.latencies.append(seconds)
         return joules
 
     def sample(self) -> TelemetrySnapshot:

@@ -6,7 +6,8 @@
 #
 # Installs into /opt/layerfleet/agent (a venv with the `agent` extra only: no TensorFlow),
 # writes /etc/layerfleet/agent.toml once (never overwrites your edits), keeps secrets in the
-# 0600 /etc/layerfleet/agent.env, and enables layerfleet-agent.service.
+# 0600 /etc/layerfleet/agent.env, raises the socket buffer limits (/etc/sysctl.d), and
+# enables layerfleet-agent.service.
 set -euo pipefail
 
 src="$(cd "$(dirname "$0")/.." && pwd)"
@@ -44,6 +45,14 @@ umask 077
   true
 } > /etc/layerfleet/agent.env
 chmod 0600 /etc/layerfleet/agent.env
+
+# The data port asks for 4 MiB socket buffers so a whole activation fits in flight while the
+# next agent computes; Raspberry Pi OS caps them at 208 KiB unless these limits are raised.
+cat > /etc/sysctl.d/60-layerfleet.conf <<SYSCTL
+net.core.rmem_max = 4194304
+net.core.wmem_max = 4194304
+SYSCTL
+sysctl -q -p /etc/sysctl.d/60-layerfleet.conf
 
 install -m 0644 "$src/systemd/layerfleet-agent.service" /etc/systemd/system/layerfleet-agent.service
 systemctl daemon-reload

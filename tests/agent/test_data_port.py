@@ -9,7 +9,7 @@ import socket
 import grpc
 import numpy as np
 import pytest
-from layerfleet.agent import dataport, stream
+from layerfleet.agent import dataport, dataport_server, stream
 from layerfleet.agent.client import AgentClient, AgentError
 from layerfleet.agent.main import AgentServer
 from layerfleet.agent.runtime import ShardRunner
@@ -171,6 +171,21 @@ async def test_a_sender_that_stops_reading_answers_makes_the_agent_stop_reading(
     assert sorted(received) == list(range(n))
     assert writer.transport.get_write_buffer_size() == 0
     writer.close()
+
+
+async def test_connections_over_the_limit_are_closed_and_the_agent_keeps_serving(
+        agents, small_split, monkeypatch):
+    monkeypatch.setattr(dataport_server, "MAX_CONNECTIONS", 2)
+    server = await agents("a")
+    await deploy_chain(small_split, [server])
+    async with AgentClient(server.address) as client:   # connection 1
+        assert (await client.infer("d", small_split.random_input())).outputs
+        _, idle = await asyncio.open_connection("127.0.0.1", server.dataport.port)  # 2
+        reader, extra = await asyncio.open_connection("127.0.0.1", server.dataport.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""   # 3: closed, no preface
+        assert (await client.infer("d", small_split.random_input(1))).outputs
+        for writer in (idle, extra):
+            writer.close()
 
 
 @pytest.mark.parametrize("firewall", ["refuses", "drops"])
