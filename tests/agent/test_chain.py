@@ -5,10 +5,12 @@ default) and over gRPC Infer (agents started with `--data-port off`)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import numpy as np
 import pytest
 from layerfleet.agent.client import AgentClient
+from layerfleet.agent.runtime import ShardRunner
 from layerfleet.controller.partition.local import run_local
 
 from .conftest import deploy_chain
@@ -88,3 +90,44 @@ async def test_big_activations_travel_in_chunks_and_arrive_intact(tmp_path, smal
     assert done[:-1] == [None] * 7
     _, arrays = done[-1]
     np.testing.assert_array_equal(arrays["big"], x)
+
+
+async def test_a_client_on_grpc_infer_is_served_through_the_agents_data_ports(agents,
+                                                                             small_split):
+    servers = [await agents(f"a{i}") for i in range(3)]
+    await deploy_chain(small_split, servers)
+    inputs = [small_split.random_input(seed) for seed in range(20)]
+    async with AgentClient(servers[0].address, use_data_port=False) as client:
+        replies = await asyncio.gather(*(client.infer("d", x) for x in inputs))
+        assert client.transport == "grpc"
+    assert [servers[i].pipeline.hops[servers[i + 1].address].carrier
+            for i in range(2)] == ["dataport"] * 2
+    for x, reply in zip(inputs, replies):
+        expected = run_local(small_split.directory, x)
+        np.testing.assert_array_equal(reply.outputs["probs"], expected["probs"])
+
+
+@pytest.mark.parametrize("threshold, exits", [(-1e9, True), (1e9, False)],
+                         ids=["always", "never"])
+async def test_an_exit_answers_from_its_stage_and_the_rest_of_the_chain_never_runs(
+        agents, small_split, threshold, exits):
+    servers = [await agents(f"a{i}") for i in range(3)]
+    await deploy_chain(small_split, servers)
+    first = small_split.manifest.shards[0]
+    async with AgentClient(servers[0].address) as client:
+        await client.set_route(deployment="d", stage=0,
+                               shard_sha256=hashlib.sha256(small_split.shard(0)).hexdigest(),
+                               next_hops=[servers[1].address],
+                               exit_output=first.outputs[0].name, exit_threshold=threshold)
+        x = small_split.random_input()
+        reply = await client.infer("d", x)
+    if exits:
+        assert reply.exited_at_stage == 0 and [h.stage for h in reply.hops] == [0]
+        expected = ShardRunner(small_split.shard(0)).run(x)
+        for name in expected:
+            np.testing.assert_array_equal(reply.outputs[name], expected[name])
+        assert servers[1].telemetry.shards == {} and servers[2].telemetry.shards == {}
+    else:
+        assert reply.exited_at_stage == -1 and [h.stage for h in reply.hops] == [0, 1, 2]
+        np.testing.assert_array_equal(reply.outputs["probs"],
+                                      run_local(small_split.directory, x)["probs"])
