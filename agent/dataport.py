@@ -80,6 +80,9 @@ class Frame(Generic[Message]):
     message: Message
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     error: tuple[grpc.StatusCode, str] | None = None
+    # A reader with raw=True keeps the frame as it came instead: to relay it unparsed.
+    header: bytes = b""
+    payload: np.ndarray | None = None
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -116,6 +119,34 @@ def send_frame(sock: socket.socket, message: Message,
     """Write one frame on a blocking socket (callers serialize writers with a lock)."""
     for piece in encode_frame(message, arrays):
         sock.sendall(piece)
+
+
+def send_raw_frame(sock: socket.socket, header: bytes, payload: np.ndarray | None) -> None:
+    """Write a frame whose header is already serialized and whose payload is the tensors'
+    bytes back to back (a relayed answer)."""
+    body = memoryview(payload.reshape(-1).view(np.uint8)) if payload is not None \
+        else memoryview(b"")
+    sock.sendall(b"".join([_FIXED.pack(len(header), body.nbytes), header,
+                           body[:COALESCE_BYTES]]))
+    if body.nbytes > COALESCE_BYTES:
+        sock.sendall(body[COALESCE_BYTES:])
+
+
+def split_payload(message: agent_pb2.InferRequest | agent_pb2.InferResponse,
+                  payload: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The arrays a raw frame's payload holds, as views (ValueError if they do not fit)."""
+    size = payload.nbytes if payload is not None else 0
+    try:
+        plan = _plan(message, size, size)
+    except _Unreadable as exc:
+        raise ValueError(exc.status[1]) from None
+    arrays, offset = {}, 0
+    for spec in plan:
+        assert payload is not None
+        raw = payload.reshape(-1).view(np.uint8)[offset:offset + spec.nbytes]
+        arrays[spec.name] = raw.view(spec.dtype).reshape(spec.shape)
+        offset += spec.nbytes
+    return arrays
 
 
 def tune(sock: socket.socket) -> None:
@@ -171,6 +202,14 @@ def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len
     return plan
 
 
+def _whole(payload_len: int, max_payload: int) -> list[_Tensor]:
+    """A raw frame's payload, kept as one byte array."""
+    if payload_len > max_payload:
+        raise _Unreadable(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"frame of {payload_len} bytes is over the limit of {max_payload}")
+    return [_Tensor("", np.dtype(np.uint8), (payload_len,), payload_len)] if payload_len else []
+
+
 class FrameReader(Generic[Message]):
     """Turns received bytes into Frames. Feed it like an asyncio.BufferedProtocol:
     `get_buffer()` says where the next bytes go, `buffer_updated(n)` returns the frames
@@ -178,8 +217,9 @@ class FrameReader(Generic[Message]):
 
     def __init__(self, message_type: type[Message], *,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 preface: bytes = PREFACE) -> None:
+                 preface: bytes = PREFACE, raw: bool = False) -> None:
         self._type = message_type
+        self._raw = raw
         self._max_payload = max_payload_bytes
         self._preface = preface
         self._scratch = bytearray(SCRATCH_BYTES)
@@ -217,7 +257,10 @@ class FrameReader(Generic[Message]):
     def _take(self, raw: np.ndarray) -> None:
         spec = self._plan.pop(0)
         assert self._frame is not None
-        self._frame.arrays[spec.name] = raw.view(spec.dtype).reshape(spec.shape)
+        if self._raw:
+            self._frame.payload = raw
+        else:
+            self._frame.arrays[spec.name] = raw.view(spec.dtype).reshape(spec.shape)
 
     def _parse(self) -> list[Frame[Message]]:
         done: list[Frame[Message]] = []
@@ -250,11 +293,15 @@ class FrameReader(Generic[Message]):
                         self._view[self._start:self._start + header_len])
                 except DecodeError as exc:
                     raise DataProtocolError(f"unreadable frame header: {exc}") from None
-                self._start += header_len
                 self._fixed = None
                 self._frame = Frame(message)
+                if self._raw:
+                    self._frame.header = bytes(
+                        self._view[self._start:self._start + header_len])
+                self._start += header_len
                 try:
-                    self._plan = _plan(message, payload_len, self._max_payload)
+                    self._plan = (_plan(message, payload_len, self._max_payload)
+                                  if not self._raw else _whole(payload_len, self._max_payload))
                 except _Unreadable as exc:
                     self._frame.error = exc.status
                     self._skip = payload_len

@@ -58,7 +58,10 @@ class Upstream:
             if self._broken:
                 return
             try:
-                dataport.send_frame(self.sock, answer.header(), answer.outputs)
+                if answer.relayed is not None:
+                    dataport.send_raw_frame(self.sock, *answer.relayed)
+                else:
+                    dataport.send_frame(self.sock, answer.header(), answer.outputs)
             except OSError as exc:   # gone, or not reading its answers: drop it
                 self._broken = True
                 log.warning("data port: cannot answer %s (%s); hanging up", self.peer, exc)

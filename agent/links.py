@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
@@ -33,7 +34,7 @@ from layerfleet.agent.stream import (
     HopError,
     InferStream,
     Reply,
-    answer_result,
+    status_code,
 )
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -41,6 +42,16 @@ if TYPE_CHECKING:
     from layerfleet.agent.pipeline import Ticket
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Relayed:
+    """A next hop's good answer as it came off its data port: parsed header, the header's
+    bytes and the raw payload. Passed on upstream without decoding (pipeline.relay)."""
+
+    message: agent_pb2.InferResponse
+    header: bytes
+    payload: np.ndarray | None
 
 
 class Link(Protocol):
@@ -52,7 +63,7 @@ class Link(Protocol):
     @property
     def outstanding(self) -> int: ...
     def send(self, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
-             ticket: Ticket) -> None: ...
+             ticket: Ticket) -> None: ...   # answers reach ticket.answered
     def cancel(self, handle: object) -> None: ...
     async def close(self) -> None: ...
 
@@ -137,15 +148,20 @@ class DataPortLink:
             self._hang_up()
 
     def _read(self) -> None:
-        reader = dataport.FrameReader(agent_pb2.InferResponse)
+        # Answers are relayed upstream as they came (pipeline.relay): no tensors decoded.
+        reader = dataport.FrameReader(agent_pb2.InferResponse, raw=True)
         why = ""
         try:
             while n := self._sock.recv_into(reader.get_buffer()):
                 for frame in reader.buffer_updated(n):
                     ticket = self._pending.pop(frame.message.request_id, None)
-                    if ticket is not None:
-                        ticket.answered(HopError(*frame.error) if frame.error is not None
-                                        else answer_result(frame.message, frame.arrays))
+                    if ticket is None:
+                        continue
+                    m = frame.message
+                    ticket.answered(
+                        HopError(*frame.error) if frame.error is not None
+                        else HopError(status_code(m.status_code), m.status_message)
+                        if m.status_code else Relayed(m, frame.header, frame.payload))
         except (OSError, dataport.DataProtocolError) as exc:
             why = f": {exc}"
         self._alive = False

@@ -37,7 +37,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from layerfleet.agent.links import Link, open_link
+from layerfleet.agent import dataport
+from layerfleet.agent.links import Link, Relayed, open_link
 from layerfleet.agent.runtime import ShardInputError, ShardRunner
 from layerfleet.agent.store import ShardStore, StoreError
 from layerfleet.agent.stream import HopError, Reply
@@ -62,12 +63,36 @@ class Answer:
     exited_at_stage: int = -1
     code: grpc.StatusCode = grpc.StatusCode.OK
     message: str = ""
+    # Or, relaying a data-port answer: the header to send (serialized) and the payload.
+    relayed: tuple[bytes, np.ndarray | None] | None = None
 
     def header(self) -> agent_pb2.InferResponse:
         """The response without its tensors."""
         return agent_pb2.InferResponse(
             request_id=self.request_id, hops=self.hops, exited_at_stage=self.exited_at_stage,
             status_code=self.code.value[0], status_message=self.message)
+
+    def decoded(self) -> Answer:
+        """This answer with outputs and hops (a relayed one, decoded: for gRPC Infer)."""
+        if self.relayed is None:
+            return self
+        header, payload = self.relayed
+        message = agent_pb2.InferResponse.FromString(header)
+        return Answer(self.request_id, dataport.split_payload(message, payload),
+                      list(message.hops), message.exited_at_stage)
+
+
+def relay(request_id: int, mine: agent_pb2.HopTiming, answer: Relayed) -> Answer:
+    """The next hop's answer passed on without decoding it: its header bytes with this
+    hop's timing in front and our sender's request id behind. Protobuf merges concatenated
+    messages (repeated fields append, the last scalar wins), so the result parses as the
+    same answer with hops [mine, *theirs] and our request id."""
+    if request_id == 0:   # proto3 would not write a zero id, so theirs would stay
+        return Answer(request_id, dataport.split_payload(answer.message, answer.payload),
+                      [mine, *answer.message.hops], answer.message.exited_at_stage)
+    header = b"".join([agent_pb2.InferResponse(hops=[mine]).SerializeToString(), answer.header,
+                       agent_pb2.InferResponse(request_id=request_id).SerializeToString()])
+    return Answer(request_id, relayed=(header, answer.payload))
 
 
 def failed(request_id: int, exc: Exception, device_id: str) -> Answer:
@@ -109,7 +134,7 @@ class Ticket:
         if late:   # a twin already answered
             link.cancel(handle)
 
-    def answered(self, result: Reply | HopError) -> None:
+    def answered(self, result: Reply | Relayed | HopError) -> None:
         with self._lock:
             if self.done:
                 return
@@ -119,6 +144,9 @@ class Ticket:
                     return
                 first = self._errors[0]
                 answer = Answer(self.request_id, code=first.code, message=first.message)
+            elif isinstance(result, Relayed):
+                self.mine.forward_s = time.perf_counter() - self.sent_at
+                answer = relay(self.request_id, self.mine, result)
             else:
                 self.mine.forward_s = time.perf_counter() - self.sent_at
                 answer = Answer(self.request_id, result.outputs, [self.mine, *result.hops],

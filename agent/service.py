@@ -156,6 +156,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         loop = asyncio.get_running_loop()
 
         def enqueue(answer: Answer) -> None:
+            answer = answer.decoded()
             for message in wire.responses(answer.request_id, answer.outputs, answer.hops,
                                           exited_at_stage=answer.exited_at_stage,
                                           status_code=answer.code.value[0],

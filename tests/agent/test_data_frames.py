@@ -151,3 +151,62 @@ def test_a_long_stream_of_small_frames_wraps_the_scratch_buffer_intact():
     assert len(frames) == len(sent)
     for frame, x in zip(frames, sent):
         np.testing.assert_array_equal(frame.arrays["x"], x)
+
+
+# -- relaying an answer without decoding it (links.py, pipeline.relay) ----------------------
+
+
+class _Socket:
+    """What send_raw_frame writes, collected."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendall(self, piece) -> None:
+        self.data += bytes(piece)
+
+
+def _answer_from_downstream(arrays: dict[str, np.ndarray]) -> list[bytes | memoryview]:
+    hop = agent_pb2.HopTiming(device_id="c", stage=2, compute_s=0.5)
+    return dataport.encode_frame(agent_pb2.InferResponse(request_id=7, hops=[hop],
+                                                         exited_at_stage=-1), arrays)
+
+
+@pytest.mark.parametrize("size", [10, 200_000], ids=["small", "big"])
+def test_a_relayed_answer_reads_as_the_same_answer_with_our_id_and_our_hop_first(size):
+    from layerfleet.agent.links import Relayed
+    from layerfleet.agent.pipeline import relay
+
+    arrays = {"probs": np.arange(size, dtype=np.float32), "ids": np.arange(3, dtype=np.int64)}
+    raw = dataport.FrameReader(agent_pb2.InferResponse, raw=True)
+    (frame,) = _feed(raw, _wire(_answer_from_downstream(arrays)), [5, 4000])
+    assert frame.arrays == {} and frame.message.request_id == 7
+    mine = agent_pb2.HopTiming(device_id="b", stage=1, compute_s=0.25)
+    answer = relay(42, mine, Relayed(frame.message, frame.header, frame.payload))
+
+    sock = _Socket()
+    dataport.send_raw_frame(sock, *answer.relayed)
+    (out,) = _feed(dataport.FrameReader(agent_pb2.InferResponse),
+                   _wire([bytes(sock.data)]), [])
+    assert out.message.request_id == 42 and out.message.exited_at_stage == -1
+    assert [(h.device_id, h.stage) for h in out.message.hops] == [("b", 1), ("c", 2)]
+    assert out.arrays.keys() == arrays.keys()
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(out.arrays[name], array)
+    decoded = answer.decoded()   # what gRPC Infer sends instead
+    assert [h.stage for h in decoded.hops] == [1, 2]
+    np.testing.assert_array_equal(decoded.outputs["probs"], arrays["probs"])
+
+
+def test_a_relayed_answer_to_request_id_zero_is_decoded_since_proto3_cannot_write_zero():
+    from layerfleet.agent.links import Relayed
+    from layerfleet.agent.pipeline import relay
+
+    arrays = {"probs": np.ones(4, np.float32)}
+    (frame,) = _feed(dataport.FrameReader(agent_pb2.InferResponse, raw=True),
+                     _wire(_answer_from_downstream(arrays)), [])
+    answer = relay(0, agent_pb2.HopTiming(stage=1),
+                   Relayed(frame.message, frame.header, frame.payload))
+    assert answer.relayed is None and answer.request_id == 0
+    assert [h.stage for h in answer.hops] == [1, 2]
+    np.testing.assert_array_equal(answer.outputs["probs"], arrays["probs"])
