@@ -240,13 +240,7 @@ class PythonChain:
         assert len(self.sock.recv(size, socket.MSG_WAITALL)) == size
 
     def latencies(self, x: dict[str, np.ndarray], runs: int) -> list[float]:
-        self.infer(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self.infer(x)
-            times.append(time.perf_counter() - t)
-        return times
+        return timed(lambda: self.infer(x), runs)
 
     def stop(self) -> None:
         self.sock.close()
@@ -303,17 +297,22 @@ def two_thread_ceiling(directory: Path, xs: list[dict]) -> float:
 # -- the measurements ------------------------------------------------------------------
 
 
+def timed(call: Callable[[], object], runs: int) -> list[float]:
+    """Seconds per call, after one call to warm up."""
+    call()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def local_latencies(directory: Path, x: dict, runs: int) -> list[float]:
     from layerfleet.controller.partition.local import LocalPipeline
 
     pipe = LocalPipeline(directory, num_threads=1)
-    pipe.run(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        pipe.run(x)
-        times.append(time.perf_counter() - t)
-    return times
+    return timed(lambda: pipe.run(x), runs)
 
 
 async def chain_latencies(client, x: dict, runs: int) -> list[float]:
