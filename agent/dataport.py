@@ -102,8 +102,12 @@ def encode_frame(message: Message, arrays: Mapping[str, np.ndarray] | None = Non
         code, arr = tensors.wire_order(array)
         message.tensors.add(name=name, dtype=code, shape=arr.shape)
         views.append(memoryview(arr.reshape(-1).view(np.uint8)))
-    header = message.SerializeToString()
-    first = [_FIXED.pack(len(header), sum(v.nbytes for v in views)), header]
+    return _pieces(message.SerializeToString(), views)
+
+
+def _pieces(header: bytes, views: list[memoryview]) -> list[bytes | memoryview]:
+    first: list[bytes | memoryview] = [_FIXED.pack(len(header), sum(v.nbytes for v in views)),
+                                       header]
     room = COALESCE_BYTES
     while views and room > 0:
         head, views[0] = views[0][:room], views[0][room:]
@@ -124,12 +128,9 @@ def send_frame(sock: socket.socket, message: Message,
 def send_raw_frame(sock: socket.socket, header: bytes, payload: np.ndarray | None) -> None:
     """Write a frame whose header is already serialized and whose payload is the tensors'
     bytes back to back (a relayed answer)."""
-    body = memoryview(payload.reshape(-1).view(np.uint8)) if payload is not None \
-        else memoryview(b"")
-    sock.sendall(b"".join([_FIXED.pack(len(header), body.nbytes), header,
-                           body[:COALESCE_BYTES]]))
-    if body.nbytes > COALESCE_BYTES:
-        sock.sendall(body[COALESCE_BYTES:])
+    views = [memoryview(payload.reshape(-1).view(np.uint8))] if payload is not None else []
+    for piece in _pieces(header, views):
+        sock.sendall(piece)
 
 
 def split_payload(message: agent_pb2.InferRequest | agent_pb2.InferResponse,

@@ -34,7 +34,10 @@ from layerfleet.agent.stream import (
     HopError,
     InferStream,
     Reply,
+    data_port_lost,
+    host_of,
     status_code,
+    unreachable,
 )
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -78,12 +81,10 @@ def open_link(address: str, loop: asyncio.AbstractEventLoop, *, use_data_port: b
                 info = agent_pb2_grpc.AgentStub(channel).Describe(
                     agent_pb2.DescribeRequest(), timeout=CONNECT_TIMEOUT_S)
         except grpc.RpcError as exc:
-            raise HopError(grpc.StatusCode.UNAVAILABLE,
-                           f"next hop {address} unavailable: {exc.details()}") from None
+            raise unreachable(address, exc.details()) from None
         if info.data_port:
-            host = address.rsplit(":", 1)[0].strip("[]")
             try:
-                return DataPortLink.connect(address, host, info.data_port)
+                return DataPortLink.connect(address, host_of(address), info.data_port)
             except OSError as exc:
                 log.warning("data port of %s (%d) refused: %s; using gRPC", address,
                             info.data_port, exc)
@@ -134,8 +135,7 @@ class DataPortLink:
         except OSError as exc:
             self._pending.pop(request_id, None)
             self._hang_up()   # a frame may be half-written: the connection is done
-            raise HopError(grpc.StatusCode.UNAVAILABLE,
-                           f"next hop {self.address} unavailable: {exc}") from None
+            raise unreachable(self.address, exc) from None
 
     def cancel(self, handle: object) -> None:
         if self._pending.pop(handle, None) is None or not self._alive:  # type: ignore[arg-type]
@@ -150,7 +150,7 @@ class DataPortLink:
     def _read(self) -> None:
         # Answers are relayed upstream as they came (pipeline.relay): no tensors decoded.
         reader = dataport.FrameReader(agent_pb2.InferResponse, raw=True)
-        why = ""
+        reason = None
         try:
             while n := self._sock.recv_into(reader.get_buffer()):
                 for frame in reader.buffer_updated(n):
@@ -163,11 +163,10 @@ class DataPortLink:
                         else HopError(status_code(m.status_code), m.status_message)
                         if m.status_code else Relayed(m, frame.header, frame.payload))
         except (OSError, dataport.DataProtocolError) as exc:
-            why = f": {exc}"
+            reason = str(exc)
         self._alive = False
         self._hang_up()
-        error = HopError(grpc.StatusCode.UNAVAILABLE,
-                         f"next hop {self.address} closed its data port connection{why}")
+        error = data_port_lost(self.address, reason)
         while self._pending:
             _, ticket = self._pending.popitem()
             ticket.answered(error)

@@ -30,7 +30,6 @@ class Session:
         self._inline = inline
         self._changed = threading.Condition()
         self._requests: dict[int, Ticket | None] = {}
-        self.refusing = ""   # set while the agent shuts down: why new requests are refused
 
     @property
     def busy(self) -> bool:
@@ -38,9 +37,6 @@ class Session:
 
     def submit(self, request_id: int, deployment: str, stage: int,
                inputs: Mapping[str, np.ndarray]) -> None:
-        if self.refusing:
-            self.refuse(request_id, grpc.StatusCode.UNAVAILABLE, self.refusing)
-            return
         with self._changed:
             self._requests[request_id] = _WORKING
         if self._inline:
@@ -82,11 +78,11 @@ class Session:
         if ticket is None:
             return
         with self._changed:
-            still = self._requests.get(request_id, ticket) is _WORKING
-            if still:
+            waiting = self._requests.get(request_id, ticket) is _WORKING
+            if waiting:
                 self._requests[request_id] = ticket
-        if not still and request_id not in self._requests:
-            ticket.cancel()   # cancelled (or answered) while it ran: a no-op if answered
+        if not waiting:
+            ticket.cancel()   # cancelled while it ran (a no-op if it was answered)
 
     def _answer(self, answer: Answer) -> None:
         with self._changed:

@@ -48,6 +48,20 @@ class Reply:
     exited_at_stage: int
 
 
+def unreachable(address: str, details: object) -> HopError:
+    return HopError(grpc.StatusCode.UNAVAILABLE, f"next hop {address} unavailable: {details}")
+
+
+def data_port_lost(address: str, reason: str | None) -> HopError:
+    why = f": {reason}" if reason else ""
+    return HopError(grpc.StatusCode.UNAVAILABLE,
+                    f"next hop {address} closed its data port connection{why}")
+
+
+def host_of(address: str) -> str:
+    return address.rsplit(":", 1)[0].strip("[]")
+
+
 def status_code(value: int) -> grpc.StatusCode:
     return next((c for c in grpc.StatusCode if c.value[0] == value), grpc.StatusCode.UNKNOWN)
 
@@ -140,12 +154,11 @@ class InferStream:
                 info = await agent_pb2_grpc.AgentStub(self._channel).Describe(
                     agent_pb2.DescribeRequest(), timeout=CONNECT_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
-                raise HopError(grpc.StatusCode.UNAVAILABLE,
-                               f"next hop {self.address} unavailable: {exc.details()}") from None
+                raise unreachable(self.address, exc.details()) from None
             if info.data_port:
-                host = self.address.rsplit(":", 1)[0].strip("[]")
                 try:
-                    return await _DataPortCarrier.open(self, host, info.data_port)
+                    return await _DataPortCarrier.open(self, host_of(self.address),
+                                                       info.data_port)
                 except OSError as exc:
                     log.warning("data port of %s (%d) refused: %s; using gRPC", self.address,
                                 info.data_port, exc)
@@ -227,10 +240,7 @@ class _DataPortCarrier:
         self._stream._deliver(frame.message.request_id, result)
 
     def _on_lost(self, reason: str | None) -> None:
-        why = f": {reason}" if reason else ""
-        self._stream._lost(self, HopError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"next hop {self._stream.address} closed its data port connection{why}"))
+        self._stream._lost(self, data_port_lost(self._stream.address, reason))
 
     async def close(self) -> None:
         self._conn.close()
@@ -280,8 +290,7 @@ class _GrpcCarrier:
                 self._stream._deliver(message.request_id, answer_result(last, arrays))
             error = HopError(grpc.StatusCode.UNAVAILABLE, f"next hop {address} closed the stream")
         except grpc.aio.AioRpcError as exc:
-            error = HopError(grpc.StatusCode.UNAVAILABLE,
-                             f"next hop {address} unavailable: {exc.details()}")
+            error = unreachable(address, exc.details())
         except asyncio.CancelledError:
             error = HopError(grpc.StatusCode.CANCELLED, f"stream to {address} closed")
         except Exception as exc:  # a malformed response must not hang its requests
