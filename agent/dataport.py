@@ -188,7 +188,7 @@ def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len
     for t in message.tensors:
         shape = tuple(t.shape)
         try:
-            dt, nbytes = tensors.layout(t.dtype, shape, t.name)
+            dt, nbytes = tensors.layout(t.dtype, shape, t.name, max_payload)
         except tensors.TensorError as exc:
             raise _Unreadable(invalid, str(exc)) from None
         if t.data or any(p.name == t.name for p in plan):

@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import tempfile
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +36,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from layerfleet.agent import dataport
+from layerfleet.agent import dataport, files, names, transport
 from layerfleet.agent.links import Link, Relayed, open_link
 from layerfleet.agent.runtime import ShardInputError, ShardRunner
 from layerfleet.agent.store import ShardStore, StoreError
@@ -105,6 +104,28 @@ def failed(request_id: int, exc: Exception, device_id: str) -> Answer:
     log.error("request %d failed", request_id, exc_info=exc)
     return Answer(request_id, code=grpc.StatusCode.INTERNAL,
                   message=f"{device_id}: internal error: {exc}")
+
+
+# A model has a few hundred layers at most, so a few stages; these bound what a route may
+# claim so that forwarding to stage + 1 always fits the wire's int32.
+MAX_STAGES = 4096
+MAX_NEXT_HOPS = 64
+
+
+def check_route(route: agent_pb2.Route) -> None:
+    """A route as SetRoute may accept it, or ValueError saying what is wrong."""
+    names.check_route(route.deployment)
+    names.check_digest(route.shard_sha256)
+    if not 0 <= route.stage < MAX_STAGES:
+        raise ValueError(f"stage {route.stage} is out of range: stages are 0..{MAX_STAGES - 1}")
+    if len(route.next_hops) > MAX_NEXT_HOPS:
+        raise ValueError(f"{len(route.next_hops)} next hops: at most {MAX_NEXT_HOPS}")
+    for address in route.next_hops:
+        transport.check_address(address)
+    if not 0 <= route.hedge_k <= MAX_NEXT_HOPS:
+        raise ValueError(f"hedge_k {route.hedge_k} is out of range 0..{MAX_NEXT_HOPS}")
+    if route.exit.enabled and not math.isfinite(route.exit.threshold):
+        raise ValueError(f"exit threshold {route.exit.threshold} is not a number")
 
 
 class Ticket:
@@ -260,16 +281,10 @@ class Pipeline:
     def _persist(self) -> None:
         data = [json_format.MessageToDict(r, preserving_proto_field_name=True)
                 for r in self.routes.values()]
-        fd, tmp = tempfile.mkstemp(prefix=".routes-", dir=self.state_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_dir / ROUTES_FILE)
+        files.write_atomic(self.state_dir / ROUTES_FILE, json.dumps(data).encode())
 
     def set_route(self, route: agent_pb2.Route, *, persist: bool = True) -> None:
-        if not route.deployment:
-            raise ValueError("a route needs a deployment name")
+        check_route(route)
         runner = ShardRunner(self.store.load(route.shard_sha256), num_threads=1)
         if route.exit.enabled and route.exit.output_name not in {c.name for c in runner.outputs}:
             raise ValueError(f"exit output {route.exit.output_name!r} is not an output of shard "
@@ -289,7 +304,7 @@ class Pipeline:
         if route is None:
             known = sorted(f"{d}/{s}" for d, s in self.routes)
             raise HopError(grpc.StatusCode.NOT_FOUND,
-                           f"deployment {deployment!r} stage {stage} is not routed on "
+                           f"deployment {names.quoted(deployment)} stage {stage} is not routed on "
                            f"{self.device_id} (routes here: {', '.join(known) or 'none'})")
         return route
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import platform
 import socket
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 import psutil
 from layerfleet import __version__
-from layerfleet.agent import runtime, tensors, wire
+from layerfleet.agent import runtime, tensors, transport, wire
 from layerfleet.agent.energy import board_name
 from layerfleet.agent.pipeline import STORE_STATUS, Answer, Pipeline
 from layerfleet.agent.session import Session
@@ -174,16 +175,20 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                         assembler.drop(message.request_id)
                         session.cancel(message.request_id)
                         continue
-                    try:
+                    try:   # a request that cannot be read fails alone; its chunks skipped
                         done = assembler.add(message)
-                    except wire.RequestTooLarge as exc:   # its other chunks are skipped
+                    except wire.RequestTooLarge as exc:
                         session.refuse(message.request_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                        str(exc))
                         continue
                     except tensors.TensorError as exc:
-                        assembler.drop(message.request_id)
                         session.refuse(message.request_id, grpc.StatusCode.INVALID_ARGUMENT,
                                        str(exc))
+                        continue
+                    except Exception:   # a bug must not end the stream for the others
+                        log.exception("could not read request %d", message.request_id)
+                        session.refuse(message.request_id, grpc.StatusCode.INTERNAL,
+                                       "could not read this request; see the agent's log")
                         continue
                     if done is not None:
                         first, inputs = done
@@ -222,7 +227,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def Telemetry(self, request: agent_pb2.TelemetryRequest,
                         context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[agent_pb2.TelemetrySample]:
-        interval = max(request.interval_s or 1.0, 0.1)
+        interval = request.interval_s if math.isfinite(request.interval_s) else 0.0
+        interval = min(max(interval or 1.0, 0.1), 3600.0)
         while True:
             yield self.sample()
             await asyncio.sleep(interval)
@@ -246,8 +252,10 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                           context: grpc.aio.ServicerContext) -> agent_pb2.LinkReply:
         from layerfleet.agent.client import AgentClient, AgentError, probe_link
 
-        if not request.address:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MeasureLink needs an address")
+        try:
+            transport.check_address(request.address)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"MeasureLink: {exc}")
         nbytes = min(max(request.bytes or (4 << 20), 1 << 10), 64 << 20)
         try:
             async with AgentClient(request.address, timeout_s=30) as other:
@@ -263,8 +271,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         if not self.allow_faults:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "fault injection is off: start the agent with --allow-faults")
-        if request.delay_ms < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "delay_ms must be >= 0")
+        if not 0 <= request.delay_ms <= 3_600_000:   # also refuses NaN
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "delay_ms must be 0..3600000")
         self.pipeline.compute.delay_s = request.delay_ms / 1000
         return request
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 
+from layerfleet.agent import files, names
+
 log = logging.getLogger(__name__)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_QUOTA = 1 << 30
 
 
@@ -43,15 +43,15 @@ class BadRequest(StoreError):
 
 
 def check_digest(sha256: str) -> str:
-    if not _SHA256.match(sha256 or ""):
-        raise BadRequest(f"shard digest {sha256!r} is not 64 lower-case hex characters")
-    return sha256
+    try:
+        return names.check_digest(sha256)
+    except names.InvalidName as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class ShardStore:
     def __init__(self, root: Path, quota_bytes: int = DEFAULT_QUOTA) -> None:
-        self.root = Path(root) / "shards"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = files.private_dir(Path(root) / "shards")
         self.quota_bytes = quota_bytes
         for stale in self.root.glob(".upload-*"):  # a crash mid-upload
             stale.unlink(missing_ok=True)

@@ -85,7 +85,8 @@ class _Partial:
     first: object
     parts: dict[str, list[bytes]] = field(default_factory=dict)
     meta: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
-    size: int = 0
+    size: int = 0        # bytes received so far
+    declared: int = 0    # bytes its tensors' shapes need
 
 
 class Assembler:
@@ -107,12 +108,23 @@ class Assembler:
             if not message.more:
                 self._refused.discard(request_id)
             return None
-        partial = self._partial.get(request_id)
-        size = sum(len(t.data) for t in message.tensors) + (partial.size if partial else 0)
-        if self.max_bytes is not None and size > self.max_bytes:
+        try:
+            return self._add(message)
+        except tensors.TensorError:
+            # The request is refused as a whole: its later chunks are skipped, not read
+            # as a new request (which would answer its id twice).
             self._partial.pop(request_id, None)
             if message.more:
                 self._refused.add(request_id)
+            raise
+
+    def _add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse
+             ) -> tuple[object, dict[str, np.ndarray]] | None:
+        request_id = message.request_id
+        partial = self._partial.get(request_id)
+        size = sum(len(t.data) for t in message.tensors) + (partial.size if partial else 0)
+        limit = self.max_bytes if self.max_bytes is not None else tensors.MAX_TENSOR_BYTES
+        if size > limit:
             raise RequestTooLarge(f"request {request_id} carries more than {self.max_bytes} "
                                   f"bytes of tensors, this agent's limit per request "
                                   f"(--max-request-bytes)")
@@ -123,6 +135,14 @@ class Assembler:
         partial.size = size
         for t in message.tensors:
             if t.name not in partial.meta:
+                # Checked on its first chunk: a shape that cannot be, or that needs more
+                # than the limit, is refused before anything more of it is buffered.
+                _, nbytes = tensors.layout(t.dtype, tuple(t.shape), t.name)
+                partial.declared += nbytes
+                if partial.declared > limit:
+                    raise RequestTooLarge(f"request {request_id} declares {partial.declared} "
+                                          f"bytes of tensors, over this agent's limit of "
+                                          f"{limit} per request (--max-request-bytes)")
                 partial.meta[t.name] = (t.dtype, tuple(t.shape))
             partial.parts.setdefault(t.name, []).append(t.data)
         if message.more:
