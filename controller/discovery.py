@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from layerfleet.agent import names, transport
 from layerfleet.agent.client import AgentError
 from layerfleet.controller import calibrate
 from layerfleet.controller.agents import AgentPool
@@ -49,8 +50,10 @@ class Discovery:
     # -- admission ------------------------------------------------------------------------
 
     async def admit(self, info: Any, address: str, found_by: str) -> DeviceRecord:
-        """Record a device that described itself (an agent.proto DeviceInfo)."""
-        device_id = info.device_id
+        """Record a device that described itself (an agent.proto DeviceInfo); InvalidName
+        or ValueError for an id or address that cannot be one."""
+        device_id = names.check_name("device", info.device_id)
+        transport.check_address(address)
         old = self.registry.device(device_id)
         if old is not None and old.address != address and old.state == "up" \
                 and await self._still_claims(old.address, device_id):
@@ -190,7 +193,7 @@ class Discovery:
         try:
             info = await asyncio.wait_for(self.agents.get(address).describe(), 5)
             await self.admit(info, address, found_by)
-        except (AgentError, TimeoutError, grpc.RpcError, DuplicateDevice) as exc:
+        except (AgentError, TimeoutError, grpc.RpcError, DuplicateDevice, ValueError) as exc:
             log.warning("could not admit %s found by %s: %s", address, found_by, exc)
 
     async def stop(self) -> None:
@@ -229,6 +232,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             record = await self.discovery.admit(request.device, request.address, "join")
         except DuplicateDevice as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except ValueError as exc:   # an id or address that cannot be one
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"join refused: {exc}")
         return fleet_pb2.JoinReply(device_id=record.id,
                                    heartbeat_interval_s=self.discovery.heartbeat_interval_s)
 
