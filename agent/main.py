@@ -27,7 +27,7 @@ from typing import Any
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from layerfleet import __version__
-from layerfleet.agent import sdnotify, transport
+from layerfleet.agent import files, sdnotify, transport
 from layerfleet.agent.dataport_server import DataPortServer
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
 from layerfleet.agent.identity import device_id
@@ -143,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
              "any free port); 'off': activations over gRPC Infer only, here and to next "
              "hops.")
     add("--controller", help="Controller HOST:PORT to join (for agents off its LAN).")
-    add("--join-token", help="Token from `layerfleet-controller token create`.")
+    add("--join-token", help="Token from `layerfleet-controller token create`. Prefer "
+                             "LAYERFLEET_JOIN_TOKEN in the environment or a 0600 config "
+                             "file: a flag is visible to every local user.")
     add("--insecure", action="store_const", const=True,
         help="Allow a non-loopback --listen without TLS (until mutual TLS lands).")
     add("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
@@ -169,7 +171,7 @@ class AgentServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        files.private_dir(self.state_dir)
         self.device_id = device_id(self.state_dir)
         board = BOARDS[detect_board()]
         power = PowerModel(board.board, settings.idle_watts or board.idle_w,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from layerfleet.agent import files
 
 
 @dataclass(slots=True)
@@ -155,6 +156,9 @@ class Registry:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Device records and token hashes: the owner's only (SQLite gives the -wal and
+        # -shm files the database file's mode).
+        files.private_file(self.path)
         conn = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
