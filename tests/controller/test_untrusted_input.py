@@ -10,11 +10,14 @@ import io
 import math
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from layerfleet.agent import tensors
 from layerfleet.controller.errors import ApiError
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc, fleet_pb2, fleet_pb2_grpc
@@ -262,3 +265,37 @@ async def test_a_join_with_a_device_id_that_is_a_path_is_refused(fleet):
         await call(join)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fleet.controller.registry.device("../../etc") is None
+
+
+member_st = st.tuples(
+    st.text(st.sampled_from("ab./\\\x00"), min_size=1, max_size=12)
+    | st.sampled_from(["..", "saved_model.pb", "a/../../b", "/etc/x", "./a"]),
+    st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                     tarfile.CHRTYPE, tarfile.FIFOTYPE]),
+    st.text(st.sampled_from("ab./"), max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(member_st, max_size=6))
+def test_any_tar_is_refused_whole_or_unpacked_entirely_inside_its_target(members):
+    from layerfleet.controller.catalog import extract_tar
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, linkname in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, linkname
+            data = b"x" if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tempfile.TemporaryDirectory() as root:
+        base = Path(root)
+        try:
+            extract_tar(buffer.getvalue(), base / "target")
+        except ApiError as exc:
+            assert exc.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert not (base / "target").exists()
+            return
+        written = list(base.rglob("*"))
+        assert all(p.is_relative_to(base / "target") for p in written)
+        assert not any(p.is_symlink() for p in written)
