@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from layerfleet.agent.errors import InvalidArgument
+
 MAX_NAME = 64
 RULE = (f"1-{MAX_NAME} characters from letters, digits, '-', '_' and '.', "
         f"not starting with '.'")
@@ -23,7 +25,7 @@ _ROUTE = re.compile(rf"({_NAME.pattern})(~[0-9]{{1,9}})?")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-class InvalidName(ValueError):
+class InvalidName(InvalidArgument):
     """A name outside the rule above; the message names the rule."""
 
 

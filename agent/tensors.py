@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+from layerfleet.agent.errors import InvalidArgument
 from layerfleet.v1 import tensor_pb2
 
 # Proto enum <-> numpy dtype. Little-endian everywhere: a Pi and an x86 VM agree.
@@ -32,7 +33,7 @@ assert set(_TO_NUMPY) == set(tensor_pb2.DType.values()) - {tensor_pb2.DTYPE_UNSP
 )
 
 
-class TensorError(ValueError):
+class TensorError(InvalidArgument):
     """A tensor that cannot be decoded or does not match its contract; the message says why."""
 
 

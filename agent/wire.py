@@ -8,11 +8,13 @@ common case - are one message and decode without a copy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from layerfleet.agent import tensors
+from layerfleet.agent.errors import ResourceExhausted
 from layerfleet.v1 import agent_pb2, tensor_pb2
 
 # Measured on loopback (bench/agent_latency.py, docs/agent.md): 1 MiB chunks move an
@@ -52,11 +54,12 @@ def split_tensors(encoded: list[tensor_pb2.Tensor], chunk_bytes: int
 
 
 def requests(request_id: int, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
-             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[agent_pb2.InferRequest]:
+             chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float = 0.0
+             ) -> Iterator[agent_pb2.InferRequest]:
     encoded = tensors.encode_many(arrays)
     for group, more in split_tensors(encoded, chunk_bytes):
         yield agent_pb2.InferRequest(request_id=request_id, deployment=deployment, stage=stage,
-                                     tensors=group, more=more)
+                                     tensors=group, more=more, timeout_s=timeout_s)
 
 
 def responses(request_id: int, arrays: Mapping[str, np.ndarray] | None,
@@ -76,7 +79,7 @@ def responses(request_id: int, arrays: Mapping[str, np.ndarray] | None,
                                       exited_at_stage=exited_at_stage)
 
 
-class RequestTooLarge(tensors.TensorError):
+class RequestTooLarge(ResourceExhausted):
     """A chunked request that grew past the agent's per-request limit."""
 
 
@@ -87,6 +90,7 @@ class _Partial:
     meta: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     size: int = 0        # bytes received so far
     declared: int = 0    # bytes its tensors' shapes need
+    updated: float = field(default_factory=time.monotonic)   # its last chunk's arrival
 
 
 class Assembler:
@@ -110,7 +114,7 @@ class Assembler:
             return None
         try:
             return self._add(message)
-        except tensors.TensorError:
+        except (tensors.TensorError, RequestTooLarge):
             # The request is refused as a whole: its later chunks are skipped, not read
             # as a new request (which would answer its id twice).
             self._partial.pop(request_id, None)
@@ -133,6 +137,7 @@ class Assembler:
         if partial is None:
             partial = self._partial[request_id] = _Partial(first=message)
         partial.size = size
+        partial.updated = time.monotonic()
         for t in message.tensors:
             if t.name not in partial.meta:
                 # Checked on its first chunk: a shape that cannot be, or that needs more
@@ -151,6 +156,21 @@ class Assembler:
         arrays = {name: tensors.from_bytes(b"".join(chunks), *partial.meta[name], name)
                   for name, chunks in partial.parts.items()}
         return message if isinstance(message, agent_pb2.InferResponse) else partial.first, arrays
+
+    @property
+    def pending(self) -> bool:
+        """Some request is partly received."""
+        return bool(self._partial)
+
+    def expire(self, stall_s: float) -> list[int]:
+        """Forget requests whose last chunk came more than `stall_s` ago (their memory is
+        released; later chunks of theirs are skipped); returns their ids."""
+        now = time.monotonic()
+        stale = [rid for rid, p in self._partial.items() if now - p.updated > stall_s]
+        for request_id in stale:
+            del self._partial[request_id]
+            self._refused.add(request_id)
+        return stale
 
     def drop(self, request_id: int) -> None:
         self._partial.pop(request_id, None)
