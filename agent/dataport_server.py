@@ -50,6 +50,7 @@ STALL_S = 10.0
 IDLE_S = 300.0
 EVICT_IDLE_S = 5.0
 MAX_CONNECTIONS = 128     # a thread each; a fleet needs a handful (upstream stages, router)
+ACCEPT_FAILURES_UNHEALTHY = 20   # failed accepts in a row (0.1 s apart) before health says so
 # What one connection reads ahead of the request it runs, to see cancels early: a few
 # frames, so that a sender that stops reading its answers still stops us reading soon.
 READ_AHEAD_FRAMES = 16
@@ -235,6 +236,7 @@ class DataPortServer:
         self.port = 0
         self.draining = False
         self.refused = 0    # connections told BUSY
+        self._accept_failures = 0   # in a row
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._upstreams: set[Upstream] = set()
@@ -264,7 +266,8 @@ class DataPortServer:
     @property
     def healthy(self) -> bool:
         """Still accepting connections (health and the watchdog report it)."""
-        return self._acceptor is not None and self._acceptor.is_alive()
+        return (self._acceptor is not None and self._acceptor.is_alive()
+                and self._accept_failures < ACCEPT_FAILURES_UNHEALTHY)
 
     @property
     def connections(self) -> list[Upstream]:
@@ -279,9 +282,14 @@ class DataPortServer:
             except OSError as exc:
                 if self._listener is None:
                     return   # closed: stopping
-                log.warning("data port: accept failed (%s); retrying", exc)   # e.g. EMFILE
+                self._accept_failures += 1   # e.g. EMFILE: keep trying, and say so
+                if self._accept_failures in (1, ACCEPT_FAILURES_UNHEALTHY) or \
+                        self._accept_failures % 600 == 0:
+                    log.warning("data port: accept failed %d times in a row (%s)",
+                                self._accept_failures, exc)
                 time.sleep(0.1)
                 continue
+            self._accept_failures = 0
             try:
                 self._admit(sock, context)
             except Exception:   # whatever one connection does, the listener carries on

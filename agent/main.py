@@ -20,6 +20,7 @@ import platform
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,7 @@ class AgentServer:
         self.address = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._advertiser: Any = None
+        self._stop_metrics: Callable[[], None] | None = None
 
     def _record(self, shard: str, seconds: float) -> None:
         joules = self.telemetry.record_inference(shard, seconds,
@@ -261,7 +263,7 @@ class AgentServer:
         if self.settings.metrics_port:
             from layerfleet.agent import metrics
 
-            metrics.start_metrics_server(self.settings.metrics_port)
+            _, self._stop_metrics = metrics.start_metrics_server(self.settings.metrics_port)
             self._tasks.append(asyncio.create_task(self._metrics_loop()))
         self._tasks.append(asyncio.create_task(
             self._watchdog(sdnotify.watchdog_interval_s() or HEALTH_INTERVAL_S)))
@@ -331,6 +333,8 @@ class AgentServer:
             stopping.append(self.dataport.stop(grace))
         await asyncio.gather(*stopping)
         await self.pipeline.close()
+        if self._stop_metrics is not None:
+            await asyncio.to_thread(self._stop_metrics)
 
 
 async def serve(settings: Settings) -> None:
