@@ -37,6 +37,7 @@ compute_table() and link_table() below, which call the same formulas; a property
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +170,7 @@ def _stage(costs: ModelCosts, fleet: Fleet, previous: str, device_id: str, a: in
 def predict(costs: ModelCosts, fleet: Fleet, stages: list[Stage], *,
             mode: str = "balanced") -> Prediction:
     if not stages or stages[0].start != 0 or stages[-1].stop != costs.n or any(
-            x.stop != y.start for x, y in zip(stages, stages[1:])):
+            x.stop != y.start for x, y in itertools.pairwise(stages)):
         raise ValueError(f"stages must cover layers 0..{costs.n} contiguously: {stages}")
     latency = energy = 0.0
     bottleneck = 0.0
