@@ -30,9 +30,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, write  # noqa: E402
-
-from layerfleet.controller.placement.model import Device, Fleet, Link  # noqa: E402
+from _common import RESULTS, write
+from layerfleet.controller.placement.model import Device, Fleet, Link
 
 GB = 1e9
 # (name, FLOP/s, free memory, overhead s, idle W, busy W, uplink bit/s, share of the fleet)
