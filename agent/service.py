@@ -118,6 +118,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self.allow_faults = allow_faults
         self.data_port = data_port
         self.max_request_bytes = max_request_bytes
+        self.uploads_started = 0
 
     # -- description ----------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         except TimeoutError:
             raise DeadlineExceeded(f"upload sent nothing for {STALL_S:.0f} s") from None
         upload = self.store.upload(first.sha256, first.size_bytes)  # refused before the bytes
+        self.uploads_started += 1   # main.py gives memory back after a burst of them
         try:
             chunk = first
             while True:

@@ -347,3 +347,17 @@ async def test_half_received_grpc_requests_are_held_in_the_budget_and_released(
         assert server.budget.held_bytes == 0
         release.set()
         call.cancel()
+
+
+def test_a_burst_is_over_once_when_nothing_is_held_after_enough_was():
+    from layerfleet.agent.budget import Budget
+
+    budget = Budget(100 << 20)
+    budget.take(8 << 20)
+    budget.give(8 << 20)
+    assert not budget.burst_over(16 << 20)   # too small a burst to bother
+    budget.take(20 << 20)
+    assert not budget.burst_over(16 << 20)   # still held
+    budget.give(20 << 20)
+    assert budget.burst_over(16 << 20)
+    assert not budget.burst_over(16 << 20)   # once
