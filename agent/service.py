@@ -51,7 +51,7 @@ def _specs(contracts: tuple[runtime.TensorContract, ...]) -> list[tensor_pb2.Ten
 def runtime_label() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    name, _ = runtime.backend()
+    name = runtime.backend_name()
     try:
         return f"{name} {version(name)}"
     except PackageNotFoundError:
