@@ -15,17 +15,25 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from layerfleet.agent import names
 from layerfleet.agent.client import AgentError
 from layerfleet.controller import planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
-from layerfleet.controller.registry import DeploymentRecord, ModelRecord, Registry, StageRecord
+from layerfleet.controller.registry import (
+    DeploymentPlan,
+    DeploymentRecord,
+    ModelRecord,
+    PlanRequest,
+    Registry,
+    StageRecord,
+    TensorInfo,
+)
 from layerfleet.v1 import controller_pb2
 
 log = logging.getLogger(__name__)
@@ -57,21 +65,23 @@ class Deployer:
         if model is None:
             raise not_found("model", req.model, [m.name for m in self.registry.models()])
         name = names.check_name("deployment", req.name or req.model)
-        existing = self.registry.deployment(name)
-        if existing is not None and existing.state in ACTIVE_STATES:
-            raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                           f"deployment {name} is {existing.state}: undeploy it first "
-                           f"or deploy under another --name")
 
         def progress(phase: str, message: str, fraction: float) -> controller_pb2.DeployProgress:
             return controller_pb2.DeployProgress(deployment=name, phase=phase, message=message,
                                                  fraction=fraction)
 
         async with self._lock:
+            existing = self.registry.deployment(name)
+            if existing is not None and existing.state in ACTIVE_STATES:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
+                               f"deployment {name} is {existing.state}: undeploy it first "
+                               f"or deploy under another --name")
+            request = PlanRequest(objective=req.objective or "latency", sla_ms=req.sla_ms,
+                                  redundancy=req.redundancy or "none")
             found, _, costs = planner.candidates(
                 model, self.registry.devices(), self.registry.links(),
-                objective=req.objective or "latency", sla_ms=req.sla_ms,
-                redundancy=req.redundancy or "none", top_k=max(req.plan + 1, 1))
+                objective=request.objective, sla_ms=request.sla_ms,
+                redundancy=request.redundancy, top_k=max(req.plan + 1, 1))
             if req.plan >= len(found):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"plan {req.plan} does not exist: only {len(found)} candidate(s)")
@@ -80,19 +90,14 @@ class Deployer:
             devices = {d.id: d for d in self.registry.devices()}
             dep = DeploymentRecord(
                 name=name, model=model.name, state="deploying",
-                plan={"candidate": json_format.MessageToDict(
-                          candidate, preserving_proto_field_name=True),
-                      "placement": placement.to_dict(), "route": name, "generation": 0,
-                      "considered": considered(self.registry),
-                      "request": {"objective": req.objective or "latency",
-                                  "sla_ms": req.sla_ms,
-                                  "redundancy": req.redundancy or "none"}},
+                plan=DeploymentPlan(request=request, placement=placement, candidate=candidate,
+                                    route=name, considered=considered(self.registry)),
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
             self.registry.save_deployment(dep, event=(
-                "deploy.started", f"{len(dep.stages)} stages on "
-                f"{', '.join(s.device for s in dep.stages)}"))
+                "deploy.started",
+                f"{len(dep.stages)} stages on {', '.join(s.device for s in dep.stages)}"))
             yield progress("plan", f"{len(dep.stages)} stages, predicted "
                            f"{candidate.latency_s * 1000:.1f} ms", _PLAN)
             try:
@@ -111,7 +116,7 @@ class Deployer:
     async def _roll_out(self, dep: DeploymentRecord, model: ModelRecord, cuts: list[int],
                         progress: Any) -> AsyncIterator[controller_pb2.DeployProgress]:
         yield progress("convert", f"splitting {model.name} at {cuts or 'no cut'}", _PLAN)
-        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, route_name(dep))
+        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, dep.route)
         yield progress("convert", f"{len(manifest.shards)} shards ready", _CONVERT)
 
         devices = {d.id: d for d in self.registry.devices()}
@@ -143,8 +148,8 @@ class Deployer:
 
         dep.state = "active"
         dep.manifest_dir = str(shard_dir)
-        dep.plan["inputs"] = [_info(t) for t in manifest.inputs]
-        dep.plan["outputs"] = [_info(t) for t in manifest.outputs]
+        dep.plan = replace(dep.plan, inputs=tuple(_info(t) for t in manifest.inputs),
+                           outputs=tuple(_info(t) for t in manifest.outputs))
         self.registry.save_deployment(dep, event=(
             "deploy.active", f"every stage is ready ({', '.join(s.device for s in dep.stages)})"))
 
@@ -157,7 +162,7 @@ class Deployer:
             address = devices[device_id].address
             try:
                 await self.agents.get(address).set_route(
-                    deployment=route_name(dep), stage=stage.stage,
+                    deployment=dep.route, stage=stage.stage,
                     shard_sha256=stage.shard_sha256, next_hops=next_hops,
                     replica_mode=replica_mode(dep))
             except AgentError as exc:
@@ -193,30 +198,26 @@ class Deployer:
             model = self.registry.model(old.model) if old else None
             if old is None or model is None or old.state not in ("active", "degraded"):
                 return False
-            request = old.plan.get("request", {})
+            request = old.plan.request
             try:
                 found, _, costs = planner.candidates(
                     model, self.registry.devices(), self.registry.links(),
-                    objective=request.get("objective", "latency"),
-                    sla_ms=request.get("sla_ms", 0.0),
-                    redundancy=request.get("redundancy", "none"), top_k=1)
+                    objective=request.objective, sla_ms=request.sla_ms,
+                    redundancy=request.redundancy, top_k=1)
             except ApiError as exc:
                 self.registry.add_event("replan.failed", name, exc.message)
                 return False
             placement = found[0]
-            current = old.plan.get("placement", {}).get("stages", [])
-            if [(s.start, s.stop, s.device, list(s.replicas)) for s in placement.stages] == [
-                    (s["start"], s["stop"], s["device"], list(s["replicas"])) for s in current]:
+            if old.plan.placement is not None and placement.key() == old.plan.placement.key():
                 return False
-            generation = int(old.plan.get("generation", 0)) + 1
+            generation = old.plan.generation + 1
             devices = {d.id: d for d in self.registry.devices()}
             new = DeploymentRecord(
                 name=name, model=model.name, state="active", created_at=old.created_at,
-                plan={**old.plan, "candidate": json_format.MessageToDict(
-                          planner.candidate_pb(placement, costs),
-                          preserving_proto_field_name=True),
-                      "placement": placement.to_dict(), "route": f"{name}~{generation}",
-                      "generation": generation, "considered": considered(self.registry)},
+                plan=replace(old.plan, placement=placement,
+                             candidate=planner.candidate_pb(placement, costs),
+                             route=f"{name}~{generation}", generation=generation,
+                             considered=considered(self.registry)),
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
@@ -230,13 +231,16 @@ class Deployer:
                 return False
             # _roll_out saved `new`: the switch. Let the old chain finish, then retire it.
             if drain is not None:
-                await drain(route_name(old))
+                await drain(old.route)
             await self._remove_routes(old)
             self.registry.add_event("replan.done", name, f"now on "
                                     f"{', '.join(s.device for s in new.stages)}")
             return True
 
-    async def undeploy(self, dep: DeploymentRecord) -> None:
+    async def undeploy(self, name: str) -> None:
+        dep = self.registry.deployment(name)
+        if dep is None or dep.state == "undeployed":
+            return
         await self._remove_routes(dep)
         self.registry.set_deployment_state(dep.name, "undeployed",
                                            event=("deploy.undeployed", "routes removed"))
@@ -249,7 +253,7 @@ class Deployer:
                 address = addresses.get(device_id, stage.address)
                 try:
                     await asyncio.wait_for(
-                        self.agents.get(address).remove_route(route_name(dep), stage.stage), 5)
+                        self.agents.get(address).remove_route(dep.route, stage.stage), 5)
                 except (AgentError, TimeoutError) as exc:
                     log.info("could not remove route %s/%d on %s: %s", dep.name, stage.stage,
                              device_id, exc)
@@ -302,16 +306,9 @@ def considered(registry: Registry) -> list[str]:
     return sorted(d.id for d in registry.devices() if d.state == "up" and d.flops_per_s > 0)
 
 
-def route_name(dep: DeploymentRecord) -> str:
-    """The name the agents know this deployment's current chain by (a re-plan makes a new
-    one, so the old and new chains can serve side by side during the switch)."""
-    return str(dep.plan.get("route", dep.name))
-
-
 def replica_mode(dep: DeploymentRecord) -> str:
     """Replicas race (hedged) when the plan optimised latency, else share the load."""
-    return "hedged" if dep.plan.get("request", {}).get("objective") == "latency" \
-        else "balanced"
+    return "hedged" if dep.plan.request.objective == "latency" else "balanced"
 
 
 def _no_progress(phase: str, message: str, fraction: float) -> None:
@@ -334,5 +331,5 @@ def _shard_file(dep: DeploymentRecord, stage: StageRecord) -> Path:
     return Path(dep.manifest_dir) / manifest.shards[stage.stage].file
 
 
-def _info(t: Any) -> dict[str, Any]:
-    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+def _info(t: Any) -> TensorInfo:
+    return TensorInfo(t.name, t.dtype, tuple(t.shape))

@@ -31,7 +31,6 @@ from layerfleet.controller.api import ControllerService, EventBus
 from layerfleet.controller.catalog import Catalog
 from layerfleet.controller.deployer import Deployer
 from layerfleet.controller.discovery import Discovery, FleetService
-from layerfleet.controller.placement.model import Placement
 from layerfleet.controller.placement.plan import ReplanState, should_replan
 from layerfleet.controller.registry import Registry
 from layerfleet.controller.router import Router
@@ -100,16 +99,15 @@ class ControllerServer:
         devices = [d for d in self.registry.devices() if d.flops_per_s > 0]
         fleet_now = planner.fleet_from(devices, self.registry.links())
         for dep in self.registry.deployments():
-            if dep.state not in ("active", "degraded") or "placement" not in dep.plan:
+            current = dep.plan.placement
+            if dep.state not in ("active", "degraded") or current is None:
                 continue
-            current = Placement.from_dict(dep.plan["placement"])
             # Start from the devices the current plan could use, so a device that arrives
             # between the plan and the first check still counts as new.
-            considered = set(dep.plan.get("considered", []))
             state = self._replan_state.get(dep.name)
-            if state is None or state.plan_generation != dep.plan.get("generation", 0):
+            if state is None or state.plan_generation != dep.plan.generation:
                 state = self._replan_state[dep.name] = ReplanState(
-                    seen_up=considered, plan_generation=dep.plan.get("generation", 0))
+                    seen_up=set(dep.plan.considered), plan_generation=dep.plan.generation)
             decision = should_replan(current, fleet_now, [], state, now=time.monotonic())
             if not decision.replan:
                 continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,7 +19,7 @@ import numpy as np
 from layerfleet.agent.client import AgentError
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
-from layerfleet.controller.registry import DeploymentRecord, Registry
+from layerfleet.controller.registry import DeploymentRecord, Registry, TensorInfo
 
 SERVING_STATES = ("active", "degraded")
 
@@ -40,32 +40,33 @@ class Outcome:
     exited_at_stage: int = -1
 
 
-def bind_inputs(inputs: Mapping[str, np.ndarray], expected: list[dict]) -> dict[str, np.ndarray]:
+def bind_inputs(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorInfo]
+                ) -> dict[str, np.ndarray]:
     """Match the caller's tensors to the deployment's inputs, or say exactly what is wrong.
 
     A single nameless tensor binds to a single-input model; otherwise names must match.
     """
     if len(expected) == 1 and len(inputs) == 1:
         (value,) = inputs.values()
-        bound = {expected[0]["name"]: value}
+        bound = {expected[0].name: value}
     else:
         bound = dict(inputs)
-    want = {e["name"]: e for e in expected}
+    want = {e.name: e for e in expected}
     if set(bound) != set(want):
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"expected inputs {_describe(expected)}, received "
                        f"{sorted(inputs)}")
     for name, arr in bound.items():
         spec = want[name]
-        if arr.dtype.name != spec["dtype"] or list(arr.shape) != list(spec["shape"]):
+        if arr.dtype.name != spec.dtype or arr.shape != spec.shape:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {name}: expected {spec['dtype']}{list(spec['shape'])}, "
+                           f"input {name}: expected {spec.dtype}{list(spec.shape)}, "
                            f"received {arr.dtype.name}{list(arr.shape)}")
     return bound
 
 
-def _describe(specs: list[dict]) -> str:
-    return ", ".join(f"{s['name']} {s['dtype']}{list(s['shape'])}" for s in specs)
+def _describe(specs: Sequence[TensorInfo]) -> str:
+    return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
 
 
 class Router:
@@ -97,9 +98,9 @@ class Router:
 
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
         dep = self._deployment(name)
-        bound = bind_inputs(inputs, dep.plan.get("inputs", []))
+        bound = bind_inputs(inputs, dep.plan.inputs)
         device, address = self._entry(dep)
-        route = str(dep.plan.get("route", dep.name))
+        route = dep.route
         self._outstanding[address] += 1
         self._in_flight[route] += 1
         try:
