@@ -5,6 +5,11 @@ in one transaction only when every stage is ready, so a controller killed in the
 leaves a `deploying` row that `recover()` marks failed at the next start (and the agents'
 routes for it are removed). Routes are set from the last stage back to the first, so no
 stage ever forwards to a hop that does not know the deployment yet.
+
+Every change to one deployment (deploy, re-plan, restore after a device returns, undeploy)
+holds that deployment's lock from reading its record to writing it back: each talks to
+agents in between, and two interleaved would undo each other (a restore writing back the
+chain a re-plan has just retired leaves a deployment `active` with no routes anywhere).
 """
 
 from __future__ import annotations
@@ -57,7 +62,14 @@ class Deployer:
         self.deployments_dir = deployments_dir
         self.cache_dir = cache_dir
         deployments_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = asyncio.Lock()  # one deploy at a time: conversions share the CPU anyway
+        # One roll-out at a time: conversions share the CPU anyway. Taken after a
+        # deployment's own lock, never before.
+        self._rollout = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock every change to deployment `name` holds (see the module docstring)."""
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def deploy(self, req: controller_pb2.DeployRequest
                      ) -> AsyncIterator[controller_pb2.DeployProgress]:
@@ -70,7 +82,7 @@ class Deployer:
             return controller_pb2.DeployProgress(deployment=name, phase=phase, message=message,
                                                  fraction=fraction)
 
-        async with self._lock:
+        async with self.lock(name), self._rollout:
             existing = self.registry.deployment(name)
             if existing is not None and existing.state in ACTIVE_STATES:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
@@ -193,7 +205,7 @@ class Deployer:
         the registry switches in one transaction (new requests take the new chain), requests
         in flight on the old chain drain, then the old routes are removed. If the roll-out
         fails, the old placement keeps serving. Returns whether it switched."""
-        async with self._lock:
+        async with self.lock(name), self._rollout:
             old = self.registry.deployment(name)
             model = self.registry.model(old.model) if old else None
             if old is None or model is None or old.state not in ("active", "degraded"):
@@ -238,12 +250,13 @@ class Deployer:
             return True
 
     async def undeploy(self, name: str) -> None:
-        dep = self.registry.deployment(name)
-        if dep is None or dep.state == "undeployed":
-            return
-        await self._remove_routes(dep)
-        self.registry.set_deployment_state(dep.name, "undeployed",
-                                           event=("deploy.undeployed", "routes removed"))
+        async with self.lock(name):
+            dep = self.registry.deployment(name)
+            if dep is None or dep.state == "undeployed":
+                return
+            await self._remove_routes(dep)
+            self.registry.set_deployment_state(dep.name, "undeployed",
+                                               event=("deploy.undeployed", "routes removed"))
 
     async def _remove_routes(self, dep: DeploymentRecord) -> None:
         """Best effort: a device that is down has lost its routes already or will on restart."""
@@ -270,35 +283,49 @@ class Deployer:
     async def restore_device(self, device_id: str) -> None:
         """A device came (back) up: give it back its shards and routes, and point every
         stage of its deployments at its current address (it may have a new port)."""
+        for name in [d.name for d in self.registry.deployments()]:
+            async with self.lock(name):
+                await self._restore(name, device_id)
+
+    async def _restore(self, name: str, device_id: str) -> None:
+        # Read under the lock: a re-plan that ran meanwhile may have moved off the device.
+        dep = self.registry.deployment(name)
+        if dep is None or dep.state not in ("active", "degraded"):
+            return
+        mine = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
+        if not mine:
+            return
         devices = {d.id: d for d in self.registry.devices()}
-        for dep in self.registry.deployments():
-            if dep.state not in ("active", "degraded"):
-                continue
-            mine = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
-            if not mine:
-                continue
-            client = self.agents.get(devices[device_id].address)
-            try:
-                held = set(await client.list_shards())
-                for stage in mine:
-                    if stage.shard_sha256 not in held:
-                        await client.upload_shard(_shard_file(dep, stage).read_bytes())
-                for stage in dep.stages:
-                    stage.address = devices[stage.device].address
-                for stage in reversed(dep.stages):
-                    if all(devices[d].state == "up" for d in [stage.device, *stage.replicas]):
-                        await self._set_routes(dep, stage, devices)
-            except (AgentError, StageFailure, OSError) as exc:
-                log.warning("could not restore %s on %s: %s", dep.name, device_id, exc)
-                continue
-            everyone_up = all(devices[d].state == "up"
-                              for s in dep.stages for d in [s.device, *s.replicas])
-            if dep.state == "degraded" and everyone_up:
-                dep.state, dep.error = "active", ""
-                self.registry.save_deployment(dep, event=("deploy.active",
+        client = self.agents.get(devices[device_id].address)
+        try:
+            held = set(await client.list_shards())
+            for stage in mine:
+                if stage.shard_sha256 not in held:
+                    await client.upload_shard(_shard_file(dep, stage).read_bytes())
+            for stage in dep.stages:
+                stage.address = devices[stage.device].address
+            for stage in reversed(dep.stages):
+                if all(devices[d].state == "up" for d in [stage.device, *stage.replicas]):
+                    await self._set_routes(dep, stage, devices)
+        except (AgentError, StageFailure, OSError) as exc:
+            log.warning("could not restore %s on %s: %s", dep.name, device_id, exc)
+            return
+        # Written from what holds now (no await from here on): a device may have gone down,
+        # or the router marked the deployment, while the agents were busy.
+        now = {d.id: d for d in self.registry.devices()}
+        current = self.registry.deployment(name)
+        if current is None:
+            return
+        for stage in current.stages:
+            stage.address = now[stage.device].address
+        everyone_up = all(now[d].state == "up"
+                          for s in current.stages for d in [s.device, *s.replicas])
+        if current.state == "degraded" and everyone_up:
+            current.state, current.error = "active", ""
+            self.registry.save_deployment(current, event=("deploy.active",
                                                           f"{device_id} is back"))
-            else:
-                self.registry.save_deployment(dep)
+        else:
+            self.registry.save_deployment(current)
 
 
 def considered(registry: Registry) -> list[str]:
