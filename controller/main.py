@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from layerfleet.agent import files, names, transport
+from layerfleet.agent.join import MAX_BACKOFF_S
 from layerfleet.controller import planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.api import ControllerService, EventBus
@@ -61,6 +62,9 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     calibrate: bool = True
     replan: bool = True           # re-plan and switch when devices go down or come up
+    # Seconds past the usual silence before a joined device is marked down after this
+    # controller starts: agents back off up to this long while it is away.
+    restart_grace_s: float = MAX_BACKOFF_S
 
 
 class ControllerServer:
@@ -78,7 +82,8 @@ class ControllerServer:
         self.router = Router(self.registry, self.agents)
         self.discovery = Discovery(self.registry, self.agents, on_up=self._device_up,
                                    heartbeat_interval_s=settings.heartbeat_interval_s,
-                                   calibrate_devices=settings.calibrate)
+                                   calibrate_devices=settings.calibrate,
+                                   restart_grace_s=settings.restart_grace_s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         self.server: grpc.aio.Server | None = None

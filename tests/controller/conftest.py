@@ -7,6 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from layerfleet.agent.main import AgentServer, Settings
@@ -45,13 +46,13 @@ class LocalFleet:
         raise TimeoutError(f"{n} devices did not come up")
 
 
-async def start_controller(root: Path, replan: bool = False,
-                           calibrate: bool = True) -> ControllerServer:
+async def start_controller(root: Path, replan: bool = False, calibrate: bool = True,
+                           **settings: Any) -> ControllerServer:
     # Re-planning off unless a test is about it: the others pin placements down.
-    server = ControllerServer(ControllerSettings(
-        listen="127.0.0.1:0", state_dir=root / "controller", mdns=False,
-        heartbeat_interval_s=0.3, cache_dir=root / "cache", replan=replan,
-        calibrate=calibrate))
+    server = ControllerServer(ControllerSettings(**{
+        "listen": "127.0.0.1:0", "state_dir": root / "controller", "mdns": False,
+        "heartbeat_interval_s": 0.3, "cache_dir": root / "cache", "replan": replan,
+        "calibrate": calibrate, **settings}))
     await server.start()
     return server
 

@@ -192,3 +192,41 @@ async def test_an_undeploy_during_a_replan_wins_and_leaves_nothing_routed(
             [list(a.pipeline.routes) for a in fleet.agents]
     finally:
         await stop_fleet(fleet)
+
+
+async def test_a_restarted_controller_lets_backing_off_agents_return_before_marking_down(
+        tmp_path):
+    """The controller is away for 4 s: the agents' heartbeats fail and they back off (0.5,
+    1, 2, 4 s...). Restarted on the same address, it must not mark them down from their
+    last-seen times of before the outage while they wait to call again; one agent that
+    died meanwhile is marked down once the grace is over."""
+    fleet = LocalFleet(await start_controller(tmp_path), [], "", tmp_path)
+    fleet.token = fleet.controller.registry.create_token("t")
+    try:
+        for i in range(3):
+            await fleet.add_agent(f"agent-{i}")
+        await fleet.wait_devices(3)
+        address = fleet.controller.address
+        await fleet.controller.stop(grace_s=0)
+        dead = fleet.agents.pop()
+        await dead.stop(grace_s=0)
+        await asyncio.sleep(4.0)
+        grace_s = 6.0
+        fleet.controller = controller = await start_controller(
+            tmp_path, listen=address, restart_grace_s=grace_s)
+        restarted = time.time()
+        alive = {a.device_id for a in fleet.agents}
+
+        def rejoined() -> bool:
+            return all(controller.registry.device(d).last_seen > restarted for d in alive)
+
+        await wait_for(rejoined, grace_s, "the live agents did not call again")
+        await wait_for(lambda: controller.registry.device(dead.device_id).state == "down",
+                       grace_s + 5, "the dead agent was not marked down after the grace")
+        downs = [e for e in controller.registry.events() if e.kind == "device.down"
+                 and e.time > restarted]
+        assert [e.subject for e in downs] == [dead.device_id]
+        assert time.time() - restarted >= grace_s
+        assert all(controller.registry.device(d).state == "up" for d in alive)
+    finally:
+        await stop_fleet(fleet)
