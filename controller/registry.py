@@ -90,6 +90,11 @@ class StageRecord:
     shard_sha256: str = ""
     shard_bytes: int = 0
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Every device serving this stage: its own, then its replicas."""
+        return (self.device, *self.replicas)
+
 
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
