@@ -3,23 +3,30 @@
 Inputs are checked against the deployment's first shard before anything reaches an agent
 (INVALID_ARGUMENT names expected and received). The request goes to the stage-0 device, or
 to the replica with the fewest requests outstanding; the agents pass it down the chain and
-the result comes back up the same streams (docs/agent.md). A dead entry hop marks the
-deployment degraded and the caller gets UNAVAILABLE naming the device.
+the result comes back up the same streams (docs/agent.md).
+
+A hop that cannot be reached (UNAVAILABLE) is blamed on the stage whose device the answer
+names (`blame`). An entry device that cannot be reached is skipped for the stage's other
+devices that are up (inference is a pure function of its input: safe to repeat). The
+deployment is marked degraded only when the failed stage has no other device up; a failure
+a replica can absorb is the liveness sweep's to judge (docs/controller.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
 from layerfleet.agent.client import AgentError
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
-from layerfleet.controller.registry import DeploymentRecord, Registry, TensorInfo
+from layerfleet.controller.registry import DeploymentRecord, Registry, StageRecord, TensorInfo
 
 SERVING_STATES = ("active", "degraded")
 
@@ -69,6 +76,34 @@ def _describe(specs: Sequence[TensorInfo]) -> str:
     return ", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
 
 
+@dataclass(frozen=True, slots=True)
+class Blame:
+    """Where a request failed: its stage, and the device of that stage it could not reach."""
+
+    stage: int
+    device: str
+    address: str
+
+
+_ADDRESS = re.compile(r"\[[0-9A-Fa-f:.]+\]:\d+|[\w.-]+:\d+")
+
+
+def blame(stages: Sequence[StageRecord], addresses: Mapping[str, str], message: str,
+          entry: tuple[str, str]) -> Blame:
+    """The stage an UNAVAILABLE answer is about. An agent that cannot reach its next hop
+    names that hop's address ("next hop HOST:PORT ..."), and the controller's connection
+    names the entry it called; `addresses` maps each device of the chain to its current
+    address. A message that names no device of the chain blames `entry` (device, address),
+    the hop the controller itself reached for."""
+    named = set(_ADDRESS.findall(message))
+    for stage in stages:
+        for device in (stage.device, *stage.replicas):
+            address = addresses.get(device, stage.address if device == stage.device else "")
+            if address in named:
+                return Blame(stage.stage, device, address)
+    return Blame(0, *entry)
+
+
 class Router:
     def __init__(self, registry: Registry, agents: AgentPool) -> None:
         self.registry = registry
@@ -99,24 +134,40 @@ class Router:
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
         dep = self._deployment(name)
         bound = bind_inputs(inputs, dep.plan.inputs)
-        device, address = self._entry(dep)
-        route = dep.route
+        unreachable: set[str] = set()   # entry devices this request could not reach
+        while True:
+            device, address = self._entry(dep, skip=unreachable)
+            try:
+                result = await self._send(dep, address, bound)
+            except AgentError as exc:
+                if exc.code != grpc.StatusCode.UNAVAILABLE:
+                    raise ApiError(exc.code, f"deployment {name}: {exc.message}") from None
+                where = blame(dep.stages, self._addresses(dep), exc.message, (device, address))
+                others = self._up(dep.stages[where.stage]) - {where.device} - unreachable
+                if where.stage == 0 and where.device == device:
+                    unreachable.add(device)
+                    if others:
+                        continue   # another entry device of stage 0 takes the request
+                reason = (f"stage {where.stage} on {where.device} ({where.address}) "
+                          f"unreachable: {exc.message}")
+                if not others:   # nothing left to serve that stage
+                    self._degrade(dep, reason)
+                raise ApiError(exc.code, f"deployment {name}: {reason}") from None
+            return Outcome(
+                outputs=dict(result.outputs),
+                hops=[HopTime(h.device_id, h.stage, h.queue_s, h.compute_s, h.forward_s)
+                      for h in result.hops],
+                exited_at_stage=result.exited_at_stage)
+
+    async def _send(self, dep: DeploymentRecord, address: str,
+                    inputs: Mapping[str, np.ndarray]) -> Any:
         self._outstanding[address] += 1
-        self._in_flight[route] += 1
+        self._in_flight[dep.route] += 1
         try:
-            result = await self.agents.get(address).infer(route, bound, stage=0)
-        except AgentError as exc:
-            if exc.code == grpc.StatusCode.UNAVAILABLE:
-                self._degrade(dep, f"stage 0 on {device} ({address}) unreachable: {exc.message}")
-            raise ApiError(exc.code, f"deployment {name}: {exc.message}") from None
+            return await self.agents.get(address).infer(dep.route, inputs, stage=0)
         finally:
             self._outstanding[address] -= 1
-            self._in_flight[route] -= 1
-        return Outcome(
-            outputs=dict(result.outputs),
-            hops=[HopTime(h.device_id, h.stage, h.queue_s, h.compute_s, h.forward_s)
-                  for h in result.hops],
-            exited_at_stage=result.exited_at_stage)
+            self._in_flight[dep.route] -= 1
 
     async def drain(self, route: str, timeout_s: float = 30.0) -> None:
         """Wait until no request is in flight on an old chain (new ones go to the new)."""
@@ -124,15 +175,29 @@ class Router:
         while self._in_flight[route] > 0 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
-    def _entry(self, dep: DeploymentRecord) -> tuple[str, str]:
-        """The stage-0 device to use: the up replica with the fewest requests outstanding."""
+    def _entry(self, dep: DeploymentRecord, skip: set[str]) -> tuple[str, str]:
+        """The stage-0 device to use: of those up and not in `skip`, the one with the fewest
+        requests outstanding; the stage's own device when none is up (it may be back)."""
         entry = dep.stages[0]
-        choices = [(entry.device, entry.address)]
-        for replica in entry.replicas:
-            record = self.registry.device(replica)
-            if record is not None and record.state == "up":
-                choices.append((replica, record.address))
-        return min(choices, key=lambda c: self._outstanding[c[1]])
+        if not entry.replicas:   # the common case, without a registry read
+            return entry.device, entry.address
+        choices = [(r.id, r.address) for r in map(self.registry.device, entry.devices)
+                   if r is not None and r.state == "up" and r.id not in skip]
+        return min(choices or [(entry.device, entry.address)],
+                   key=lambda c: self._outstanding[c[1]])
+
+    def _addresses(self, dep: DeploymentRecord) -> dict[str, str]:
+        """Each device of the chain at its address now (a replica's is in its record)."""
+        found = {}
+        for stage in dep.stages:
+            for device in stage.devices:
+                record = self.registry.device(device)
+                found[device] = record.address if record is not None else stage.address
+        return found
+
+    def _up(self, stage: StageRecord) -> set[str]:
+        return {d for d in stage.devices if (r := self.registry.device(d)) is not None
+                and r.state == "up"}
 
     def _degrade(self, dep: DeploymentRecord, reason: str) -> None:
         if dep.state == "active":

@@ -230,3 +230,72 @@ async def test_a_restarted_controller_lets_backing_off_agents_return_before_mark
         assert all(controller.registry.device(d).state == "up" for d in alive)
     finally:
         await stop_fleet(fleet)
+
+
+async def three_agents(tmp_path) -> LocalFleet:
+    """Heartbeats every 5 s (down after 15): what the router decides is not the liveness
+    sweep's, within a test."""
+    controller = await start_controller(tmp_path, calibrate=False, heartbeat_interval_s=5.0)
+    fleet = LocalFleet(controller, [], controller.registry.create_token("t"), tmp_path)
+    for i in range(3):
+        await fleet.add_agent(f"agent-{i}")
+    await fleet.wait_devices(3, calibrated=False)
+    pin_speed(controller)
+    return fleet
+
+
+async def test_a_request_failing_past_the_entry_names_the_stage_that_failed(tmp_path):
+    fleet = await three_agents(tmp_path)
+    try:
+        x = np.random.default_rng(4).random((1, 12, 12, 1), dtype=np.float32)
+        with fleet.client() as client:
+            await call(client.register_file, save_small_model(tmp_path / "small.keras"))
+            await call(lambda: list(client.deploy("small", objective="throughput")))
+            dep = await call(client.deployment, "small")
+            assert len(dep.stages) >= 2
+            last = dep.stages[-1]
+            victim = next(a for a in fleet.agents if a.device_id == last.device)
+            await victim.stop(grace_s=0)
+            fleet.agents.remove(victim)
+            with pytest.raises(ApiError) as err:
+                await call(client.infer, "small", x)
+            dep = await call(client.deployment, "small")
+        named = f"stage {last.stage} on {victim.device_id}"
+        assert named in err.value.message and "stage 0" not in err.value.message
+        assert dep.state == "degraded" and named in dep.error, dep.error
+    finally:
+        await stop_fleet(fleet)
+
+
+async def test_an_entry_replica_absorbs_a_dead_entry_and_nothing_is_degraded(tmp_path):
+    """One stage on one device with two replicas (GNH, throughput). Its device dies; the
+    next request is answered by a replica, correctly, and the deployment stays active."""
+    import keras
+    from layerfleet.controller.partition.local import run_local
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 8), name="x")
+    out = keras.layers.Conv2D(16, 3, padding="same", name="c")(inp)
+    keras.Model(inp, out, name="one").save(tmp_path / "one.keras")
+    fleet = await three_agents(tmp_path)
+    try:
+        x = np.random.default_rng(5).random((1, 32, 32, 8), dtype=np.float32)
+        with fleet.client() as client:
+            await call(client.register_file, tmp_path / "one.keras")
+            await call(lambda: list(client.deploy("one", objective="throughput",
+                                                  redundancy="gnh")))
+            dep = await call(client.deployment, "one")
+            assert len(dep.stages) == 1 and len(dep.stages[0].replicas) == 2
+            victim = next(a for a in fleet.agents if a.device_id == dep.stages[0].device)
+            await victim.stop(grace_s=0)
+            fleet.agents.remove(victim)
+            got = await call(client.infer, "one", x)
+            dep = await call(client.deployment, "one")
+        record = fleet.controller.registry.deployment("one")
+        expected = next(iter(run_local(record.manifest_dir, {"": x}).values()))
+        np.testing.assert_array_equal(got.output, expected)
+        assert got.hops[0].device in dep.stages[0].replicas
+        assert dep.state == "active", dep.error
+        assert fleet.controller.registry.device(victim.device_id).state == "up"  # not yet
+    finally:
+        await stop_fleet(fleet)
