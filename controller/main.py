@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from layerfleet.agent import files, names, transport
 from layerfleet.agent.join import MAX_BACKOFF_S
-from layerfleet.controller import planner
+from layerfleet.controller import calibrate, planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.api import ControllerService, EventBus
 from layerfleet.controller.catalog import Catalog
@@ -65,6 +65,13 @@ class Settings:
     # Seconds past the usual silence before a joined device is marked down after this
     # controller starts: agents back off up to this long while it is away.
     restart_grace_s: float = MAX_BACKOFF_S
+    # Drift: idle devices are re-benchmarked this often (0: never); a measured speed more
+    # than drift_threshold off the one planned with, for drift_sustain_s, re-plans (not
+    # again within replan_cooldown_s).
+    recalibrate_interval_s: float = 300.0
+    drift_threshold: float = 0.2
+    drift_sustain_s: float = 30.0
+    replan_cooldown_s: float = 60.0
 
 
 class ControllerServer:
@@ -90,7 +97,9 @@ class ControllerServer:
         self.port = 0
         self._liveness: asyncio.Task[None] | None = None
         self._replanner: asyncio.Task[None] | None = None
+        self._recalibrator: asyncio.Task[None] | None = None
         self._replan_state: dict[str, ReplanState] = {}
+        self.drift = calibrate.Drift()
 
     async def _device_up(self, device_id: str) -> None:
         await self.deployer.restore_device(device_id)
@@ -103,6 +112,9 @@ class ControllerServer:
         # A device counts once calibrated: re-planning onto a guessed speed helps nobody.
         devices = [d for d in self.registry.devices() if d.flops_per_s > 0]
         fleet_now = planner.fleet_from(devices, self.registry.links())
+        observations, now = self.drift.observations(), time.monotonic()
+        moved: set[str] = set()
+        drifted: list[str] = []
         for dep in self.registry.deployments():
             current = dep.plan.placement
             if dep.state not in ("active", "degraded") or current is None:
@@ -113,18 +125,48 @@ class ControllerServer:
             if state is None or state.plan_generation != dep.plan.generation:
                 state = self._replan_state[dep.name] = ReplanState(
                     seen_up=set(dep.plan.considered), plan_generation=dep.plan.generation)
-            decision = should_replan(current, fleet_now, [], state, now=time.monotonic())
+            decision = should_replan(
+                current, fleet_now, observations, state, now=now,
+                threshold=self.settings.drift_threshold,
+                sustain_s=self.settings.drift_sustain_s,
+                cooldown_s=self.settings.replan_cooldown_s)
             if not decision.replan:
                 continue
-            name = dep.name
+            if decision.drifted:
+                # Plan with what was measured from now on (this deployment and the rest).
+                drifted += self._adopt_speeds(decision.drifted)
+            moved.add(dep.name)
+            await self._move(dep.name, decision.reason)
+        if drifted:   # the other deployments were planned with the old speeds too
+            for dep in self.registry.deployments():
+                if dep.name not in moved and dep.state in ("active", "degraded") \
+                        and dep.plan.placement is not None:
+                    await self._move(dep.name, f"speed of {', '.join(drifted)} changed")
 
-            async def drain(route: str, name: str = name) -> None:
-                self.router.forget(name)  # new requests take the new chain from here on
-                await self.router.drain(route)
+    def _adopt_speeds(self, device_ids: tuple[str, ...]) -> list[str]:
+        """Make the speeds the re-benchmarks measured the ones the planner uses."""
+        adopted = []
+        for device_id in device_ids:
+            record, estimate = self.registry.device(device_id), self.drift.estimate(device_id)
+            if record is None or estimate is None:
+                continue
+            measured = estimate.flops_per_s
+            message = (f"measured {measured / 1e9:.2f} GFLOP/s while idle (median of the "
+                       f"last {calibrate.ESTIMATE_OF}); planned with "
+                       f"{record.flops_per_s / 1e9:.2f}")
+            record.flops_per_s = measured
+            self.registry.upsert_device(record, event=("device.recalibrated", message))
+            adopted.append(device_id)
+        return adopted
 
-            if await self.deployer.replan(name, decision.reason, drain=drain):
-                self.router.forget(name)
-                self.events.notify()
+    async def _move(self, name: str, reason: str) -> None:
+        async def drain(route: str) -> None:
+            self.router.forget(name)  # new requests take the new chain from here on
+            await self.router.drain(route)
+
+        if await self.deployer.replan(name, reason, drain=drain):
+            self.router.forget(name)
+            self.events.notify()
 
     async def _replan_loop(self) -> None:
         while True:
@@ -133,6 +175,14 @@ class ControllerServer:
                 await self._replan_once()
             except Exception:
                 log.exception("re-planning failed")
+
+    async def _recalibrate_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.recalibrate_interval_s)
+            try:
+                await calibrate.recheck(self.registry, self.agents, self.drift)
+            except Exception:
+                log.exception("re-benchmarking failed")
 
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[
@@ -158,6 +208,8 @@ class ControllerServer:
         self._liveness = asyncio.create_task(self.discovery.run())
         if self.settings.replan:
             self._replanner = asyncio.create_task(self._replan_loop())
+            if self.settings.calibrate and self.settings.recalibrate_interval_s > 0:
+                self._recalibrator = asyncio.create_task(self._recalibrate_loop())
         if self.settings.mdns:
             try:
                 await self.discovery.start_mdns()
@@ -174,7 +226,7 @@ class ControllerServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         for name in ("", "layerfleet.v1.Controller"):
             await _set_health(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        for task in (self._liveness, self._replanner):
+        for task in (self._liveness, self._replanner, self._recalibrator):
             if task is not None:
                 task.cancel()
         await self.discovery.stop()
@@ -201,6 +253,16 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):   # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -233,7 +295,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--heartbeat", type=float, default=argparse.SUPPRESS,
                        help="Seconds between agent heartbeats; down after 3 missed (2).")
         p.add_argument("--no-replan", action="store_true", default=argparse.SUPPRESS,
-                       help="Do not move deployments when devices go down or come up.")
+                       help="Do not move deployments when devices go down, come up or "
+                            "change speed.")
+        p.add_argument("--recalibrate", type=_seconds, metavar="SECONDS",
+                       default=argparse.SUPPRESS,
+                       help="Seconds between re-benchmarks of idle devices, whose measured "
+                            "speed drives re-planning (default 300; 0: never).")
+        p.add_argument("--restart-grace", type=_seconds, metavar="SECONDS",
+                       default=argparse.SUPPRESS,
+                       help="Seconds after a start before joined agents not heard from "
+                            "since are marked down (default 30: their longest back-off).")
         p.add_argument("--log-level", default=argparse.SUPPRESS,
                        choices=["debug", "info", "warning", "error"])
     return parser
@@ -260,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.get("cache_dir"), insecure=args.get("insecure", False),
         mdns=not args.get("no_mdns", False),
         heartbeat_interval_s=args.get("heartbeat", 2.0),
-        replan=not args.get("no_replan", False))
+        replan=not args.get("no_replan", False),
+        recalibrate_interval_s=args.get("recalibrate", Settings.recalibrate_interval_s),
+        restart_grace_s=args.get("restart_grace", Settings.restart_grace_s))
     try:
         asyncio.run(serve(settings))
     except transport.InsecureListen as exc:
