@@ -1,15 +1,15 @@
 """The entry point of each inference request that comes through the controller.
 
 Inputs are checked against the deployment's first shard before anything reaches an agent
-(INVALID_ARGUMENT names expected and received). The request goes to the stage-0 device, or
-to the replica with the fewest requests outstanding; the agents pass it down the chain and
-the result comes back up the same streams (docs/agent.md).
+(INVALID_ARGUMENT names expected and received). The agents pass the request down the chain
+and the result comes back up the same streams (docs/agent.md).
 
-A hop that cannot be reached (UNAVAILABLE) is blamed on the stage whose device the answer
-names (`blame`). An entry device that cannot be reached is skipped for the stage's other
-devices that are up (inference is a pure function of its input: safe to repeat). The
-deployment is marked degraded only when the failed stage has no other device up; a failure
-a replica can absorb is the liveness sweep's to judge (docs/controller.md).
+Stage 0's devices that are up are the request's replicas (`client.infer_any`, the agents'
+failover rules): one that cannot be reached or stalls passes the request to another
+(inference is a pure function of its input: safe to repeat). A request that still fails
+with UNAVAILABLE is blamed on the stage whose device the answer names (`blame`), and the
+deployment is marked degraded only when that stage has no other device up; a failure a
+replica can absorb is the liveness sweep's to judge (docs/controller.md).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import numpy as np
-from layerfleet.agent.client import AgentError
+from layerfleet.agent.client import AgentError, infer_any
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
 from layerfleet.controller.registry import DeploymentRecord, Registry, StageRecord, TensorInfo
@@ -109,7 +108,6 @@ class Router:
         self.registry = registry
         self.agents = agents
         self._cache: dict[str, DeploymentRecord] = {}
-        self._outstanding: Counter[str] = Counter()
         self._in_flight: Counter[str] = Counter()  # by route name, for draining
 
     def forget(self, name: str) -> None:
@@ -134,40 +132,30 @@ class Router:
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
         dep = self._deployment(name)
         bound = bind_inputs(inputs, dep.plan.inputs)
-        unreachable: set[str] = set()   # entry devices this request could not reach
-        while True:
-            device, address = self._entry(dep, skip=unreachable)
-            try:
-                result = await self._send(dep, address, bound)
-            except AgentError as exc:
-                if exc.code != grpc.StatusCode.UNAVAILABLE:
-                    raise ApiError(exc.code, f"deployment {name}: {exc.message}") from None
-                where = blame(dep.stages, self._addresses(dep), exc.message, (device, address))
-                others = self._up(dep.stages[where.stage]) - {where.device} - unreachable
-                if where.stage == 0 and where.device == device:
-                    unreachable.add(device)
-                    if others:
-                        continue   # another entry device of stage 0 takes the request
-                reason = (f"stage {where.stage} on {where.device} ({where.address}) "
-                          f"unreachable: {exc.message}")
-                if not others:   # nothing left to serve that stage
-                    self._degrade(dep, reason)
-                raise ApiError(exc.code, f"deployment {name}: {reason}") from None
-            return Outcome(
-                outputs=dict(result.outputs),
-                hops=[HopTime(h.device_id, h.stage, h.queue_s, h.compute_s, h.forward_s)
-                      for h in result.hops],
-                exited_at_stage=result.exited_at_stage)
-
-    async def _send(self, dep: DeploymentRecord, address: str,
-                    inputs: Mapping[str, np.ndarray]) -> Any:
-        self._outstanding[address] += 1
+        entry = self._entry(dep)
         self._in_flight[dep.route] += 1
         try:
-            return await self.agents.get(address).infer(dep.route, inputs, stage=0)
+            # Stage 0's devices as replicas, by the agents' own failover rules: one that
+            # cannot be reached (or stalls) passes the request to the next.
+            result, _ = await infer_any([self.agents.get(a) for _, a in entry], dep.route,
+                                        bound, stage=0)
+        except AgentError as exc:
+            if exc.code != grpc.StatusCode.UNAVAILABLE:
+                raise ApiError(exc.code, f"deployment {name}: {exc.message}") from None
+            where = blame(dep.stages, self._addresses(dep), exc.message, entry[0])
+            tried = {device for device, _ in entry} if where.stage == 0 else set()
+            reason = (f"stage {where.stage} on {where.device} ({where.address}) "
+                      f"unreachable: {exc.message}")
+            if not self._up(dep.stages[where.stage]) - {where.device} - tried:
+                self._degrade(dep, reason)   # nothing left to serve that stage
+            raise ApiError(exc.code, f"deployment {name}: {reason}") from None
         finally:
-            self._outstanding[address] -= 1
             self._in_flight[dep.route] -= 1
+        return Outcome(
+            outputs=dict(result.outputs),
+            hops=[HopTime(h.device_id, h.stage, h.queue_s, h.compute_s, h.forward_s)
+                  for h in result.hops],
+            exited_at_stage=result.exited_at_stage)
 
     async def drain(self, route: str, timeout_s: float = 30.0) -> None:
         """Wait until no request is in flight on an old chain (new ones go to the new)."""
@@ -175,16 +163,14 @@ class Router:
         while self._in_flight[route] > 0 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
-    def _entry(self, dep: DeploymentRecord, skip: set[str]) -> tuple[str, str]:
-        """The stage-0 device to use: of those up and not in `skip`, the one with the fewest
-        requests outstanding; the stage's own device when none is up (it may be back)."""
+    def _entry(self, dep: DeploymentRecord) -> list[tuple[str, str]]:
+        """Stage 0's devices that are up, as (device, address); the stage's own device
+        when none is (it may be back)."""
         entry = dep.stages[0]
         if not entry.replicas:   # the common case, without a registry read
-            return entry.device, entry.address
-        choices = [(r.id, r.address) for r in map(self.registry.device, entry.devices)
-                   if r is not None and r.state == "up" and r.id not in skip]
-        return min(choices or [(entry.device, entry.address)],
-                   key=lambda c: self._outstanding[c[1]])
+            return [(entry.device, entry.address)]
+        return [(r.id, r.address) for r in map(self.registry.device, entry.devices)
+                if r is not None and r.state == "up"] or [(entry.device, entry.address)]
 
     def _addresses(self, dep: DeploymentRecord) -> dict[str, str]:
         """Each device of the chain at its address now (a replica's is in its record)."""
