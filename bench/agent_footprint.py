@@ -35,7 +35,7 @@ FLOOR = ("import numpy, grpc, zeroconf, psutil, ai_edge_litert.interpreter, time
 CONFIGS = {"default (mDNS on)": [], "--no-mdns": ["--no-mdns"]}
 STARTS = 5
 SETTLE_S = 5.0
-CPU_WINDOW_S = 10.0
+CPU_WINDOW_S = 30.0   # zeroconf answers queries now and then: a short window catches a burst
 
 
 async def _serving(address: str) -> None:
@@ -167,7 +167,7 @@ def main() -> None:
         ("start to SERVING", "start_to_serving_median_s", 1000, "ms", "<= 1000 ms"),
         ("idle resident", "idle_rss_bytes", 2**-20, "MiB", "<= 64 MB (61.0 MiB)"),
         ("idle unique (USS)", "idle_uss_bytes", 2**-20, "MiB", ""),
-        ("idle CPU", "idle_cpu_fraction", 100, "%", "<= 1 % of a core"),
+        ("idle CPU", "idle_cpu_fraction", 100, "%", f"<= 1 % of a core (over {CPU_WINDOW_S:.0f} s)"),
     ]
     for label, key, scale, unit, goal in rows:
         cells = "".join(f"{result[n][key] * scale:>{width - 4}.1f} {unit:3s}"
