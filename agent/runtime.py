@@ -55,6 +55,11 @@ def backend() -> tuple[str, Any]:
     return _backend
 
 
+def loaded() -> bool:
+    """Whether this process has loaded its interpreter (a shard or a benchmark ran here)."""
+    return _backend is not None
+
+
 def backend_name() -> str:
     """The package name of the interpreter in use, or of the one backend() would choose,
     without importing it: Describe and the mDNS record name the runtime, and an idle agent
