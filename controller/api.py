@@ -20,6 +20,7 @@ from layerfleet.controller import planner
 from layerfleet.controller.catalog import Catalog, check_upload
 from layerfleet.controller.deployer import Deployer
 from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.events import EventBus
 from layerfleet.controller.registry import DeploymentRecord, DeviceRecord, ModelRecord, Registry
 from layerfleet.controller.router import Router
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc, tensor_pb2
@@ -60,23 +61,6 @@ def _streaming(method: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
                                 f"{method.__name__} failed inside the controller; "
                                 "see its log")
     return wrapper
-
-
-class EventBus:
-    """Wakes WatchEvents followers when the registry records an event."""
-
-    def __init__(self) -> None:
-        self._changed = asyncio.Event()
-
-    def notify(self, *_: Any) -> None:
-        self._changed.set()
-
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
-        self._changed.clear()
 
 
 class ControllerService(controller_pb2_grpc.ControllerServicer):
@@ -250,7 +234,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def WatchEvents(self, request: controller_pb2.WatchEventsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[controller_pb2.Event]:
-        after = request.after_id
+        after, seen = request.after_id, self.events.version
         while True:
             for e in self.registry.events(after_id=after):
                 after = e.id
@@ -258,7 +242,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                                            subject=e.subject, message=e.message)
             if not request.follow:
                 return
-            await self.events.wait(timeout=1.0)
+            seen = await self.events.wait(timeout=1.0, seen=seen)
 
     # -- lookups --------------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ class DeviceRecord:
     memory_available: int = 0
     idle_w: float = 2.7        # power model defaults: Raspberry Pi 4 (docs/agent-telemetry.md)
     busy_w: float = 6.4
+    temperature_c: float | None = None  # last reported; None when the board has no sensor
+    joules_total: float = 0.0  # energy the agent has counted since it started
 
 
 @dataclass(slots=True)
@@ -141,8 +143,18 @@ def _sql_type(annotation: Any) -> type:
     return str
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    # Telemetry the dashboard and /metrics show beside power: temperature and energy. A new
+    # database already has them (_v1 builds tables from today's dataclasses).
+    columns = db["devices"].columns_dict
+    if "temperature_c" not in columns:
+        db["devices"].add_column("temperature_c", float)
+    if "joules_total" not in columns:
+        db["devices"].add_column("joules_total", float, not_null_default=0.0)
+
+
 # Append only: migration N upgrades a version N-1 database. Never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 class RegistryError(RuntimeError):
@@ -160,6 +172,8 @@ class Registry:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        # Called with each event as it is recorded (the daemon's EventBus wakes its readers).
+        self.listeners: list[Callable[[EventRecord], None]] = []
         self.migrate()
 
     @property
@@ -190,7 +204,10 @@ class Registry:
         now = time.time()
         table = self.db["events"]
         table.insert({"time": now, "kind": kind, "subject": subject, "message": message})
-        return EventRecord(int(table.last_pk), now, kind, subject, message)
+        event = EventRecord(int(table.last_pk), now, kind, subject, message)
+        for listener in self.listeners:
+            listener(event)
+        return event
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
         rows = self.db["events"].rows_where("id > ?", [after_id], order_by="id", limit=limit)

@@ -10,6 +10,7 @@ deployment degraded and the caller gets UNAVAILABLE naming the device.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 from layerfleet.agent.client import AgentError
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.observed import Observed
 from layerfleet.controller.registry import DeploymentRecord, Registry
 
 SERVING_STATES = ("active", "degraded")
@@ -64,14 +66,22 @@ def bind_inputs(inputs: Mapping[str, np.ndarray], expected: list[dict]) -> dict[
     return bound
 
 
+def _cut_bytes(dep: DeploymentRecord) -> list[int]:
+    """Bytes into each stage per request, as planned (the activation at each cut)."""
+    stages = dep.plan.get("candidate", {}).get("stages", [])
+    return [int(s.get("bytes_in", 0)) for s in stages]  # int64 is a string in proto JSON
+
+
 def _describe(specs: list[dict]) -> str:
     return ", ".join(f"{s['name']} {s['dtype']}{list(s['shape'])}" for s in specs)
 
 
 class Router:
-    def __init__(self, registry: Registry, agents: AgentPool) -> None:
+    def __init__(self, registry: Registry, agents: AgentPool,
+                 observed: Observed | None = None) -> None:
         self.registry = registry
         self.agents = agents
+        self.observed = observed or Observed()
         self._cache: dict[str, DeploymentRecord] = {}
         self._outstanding: Counter[str] = Counter()
         self._in_flight: Counter[str] = Counter()  # by route name, for draining
@@ -97,6 +107,19 @@ class Router:
 
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
         dep = self._deployment(name)
+        started = time.perf_counter()
+        try:
+            outcome = await self._infer(dep, inputs)
+        except ApiError as exc:
+            self.observed.failure(dep.name, exc.code.name)
+            raise
+        self.observed.request(dep.name, time.perf_counter() - started, outcome.hops,
+                              outcome.exited_at_stage,
+                              [sum(a.nbytes for a in inputs.values()), *_cut_bytes(dep)[1:]])
+        return outcome
+
+    async def _infer(self, dep: DeploymentRecord, inputs: Mapping[str, np.ndarray]) -> Outcome:
+        name = dep.name
         bound = bind_inputs(inputs, dep.plan.get("inputs", []))
         device, address = self._entry(dep)
         route = str(dep.plan.get("route", dep.name))
