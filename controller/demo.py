@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner o
 from layerfleet.controller.tables import human_bytes, ms, table
 
 _SERVING = re.compile(r"serving on (\S+)")
+_DASHBOARD = re.compile(r"dashboard and /metrics on (\S+)")
 
 
 @dataclass
@@ -92,7 +93,7 @@ def local_fleet(workdir: Path, n_agents: int = 3) -> Iterator[tuple[Daemon, list
     try:
         controller = _start("controller", [
             _bin("layerfleet-controller"), "serve", "--listen", "127.0.0.1:0", "--state-dir",
-            str(controller_state), "--no-mdns", "--heartbeat", "1"],
+            str(controller_state), "--no-mdns", "--heartbeat", "1", "--http", "127.0.0.1:0"],
             workdir / "controller.log")
         daemons.append(controller)
         agents = []
@@ -195,6 +196,9 @@ def demo(n_agents: int, epochs: int, mobilenet: bool, keep: bool) -> None:
         with local_fleet(workdir, n_agents) as (controller, agents), \
                 ControllerClient(controller.address) as client:
             devices = _wait_for_devices(client, n_agents)
+            dashboard = _DASHBOARD.search(controller.log_path.read_text())
+            if dashboard:
+                click.echo(f"dashboard (while the demo runs): {dashboard.group(1)}")
             click.echo(table(["device", "address", "speed"],
                              [[d.id[:12], d.address, f"{d.flops_per_s / 1e9:.2f} GFLOP/s"]
                               for d in devices]))

@@ -113,7 +113,7 @@ async def test_a_controller_killed_mid_deploy_leaves_a_consistent_registry(tmp_p
     def start():
         process = subprocess.Popen(
             [str(BIN / "layerfleet-controller"), "serve", "--listen", "127.0.0.1:0",
-             "--state-dir", str(state), "--no-mdns", "--heartbeat", "0.3"],
+             "--state-dir", str(state), "--no-mdns", "--heartbeat", "0.3", "--http", "off"],
             stderr=subprocess.PIPE, text=True)
         for line in process.stderr:
             if "serving on" in line:

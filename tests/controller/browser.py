@@ -1,0 +1,62 @@
+"""A real headless Chromium (Debian's chromium + chromium-driver) driven by Selenium, for the
+dashboard tests. Skips with one line where it cannot run; nothing is downloaded (the driver
+and browser paths are given, so Selenium Manager never looks for its own)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# The flags that let Chromium run as root on a machine with no network but loopback.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1500,1250", "--hide-scrollbars"]
+ARTIFACTS_ENV = "LAYERFLEET_ARTIFACTS"
+
+
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """A WebDriver for a fresh headless Chromium with its own profile directory."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.skip(f"no browser test: {', '.join(missing)} missing "
+                    f"(apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("no browser test: selenium is not installed (pip install -e '.[dev]')")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    except WebDriverException as exc:
+        first = (exc.msg or str(exc)).strip().splitlines()[0]
+        pytest.skip(f"no browser test: chromium cannot start here: {first}")
+    try:
+        driver.set_page_load_timeout(20)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def save_screenshot(driver: Any, path: Path) -> Path:
+    """Write a PNG of the page to `path`, and a copy under $LAYERFLEET_ARTIFACTS if set."""
+    assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
+    artifacts = os.environ.get(ARTIFACTS_ENV)
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artifacts) / path.name)
+    return path
