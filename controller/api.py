@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import json_format
 from layerfleet.agent import tensors
 from layerfleet.controller import planner
-from layerfleet.controller.catalog import Catalog, check_upload
+from layerfleet.controller.catalog import Catalog, check_header, check_upload
 from layerfleet.controller.deployer import Deployer
 from layerfleet.controller.errors import ApiError, not_found
 from layerfleet.controller.events import EventBus
@@ -85,6 +85,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                 if header is not None:
                     raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                                    "model upload has two headers")
+                check_header(part.header)
                 header = part.header
             else:
                 if header is None:
@@ -122,7 +123,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
         found = await measure_links(self.registry, self.deployer.agents)
         return controller_pb2.MeasureLinksReply(links=[
-            controller_pb2.LinkStatus(a=a, b=b, bandwidth_Bps=bw, rtt_s=rtt, error=error)
+            controller_pb2.LinkStatus(a=a, b=b, bandwidth_bytes_per_s=bw, rtt_s=rtt, error=error)
             for a, b, bw, rtt, error in found])
 
     # -- planning and deployments ---------------------------------------------------------
@@ -287,10 +288,12 @@ def device_pb(d: DeviceRecord) -> controller_pb2.DeviceStatus:
     return controller_pb2.DeviceStatus(
         id=d.id, address=d.address, hostname=d.hostname, arch=d.arch, cores=d.cores,
         memory_bytes=d.memory_bytes, runtime=d.runtime, version=d.version, state=d.state,
-        found_by=d.found_by, flops_per_s=d.flops_per_s, link_bandwidth_Bps=d.link_bandwidth_Bps,
+        found_by=d.found_by, flops_per_s=d.flops_per_s,
+        link_bandwidth_bytes_per_s=d.link_bandwidth_Bps,
         link_rtt_s=d.link_rtt_s, last_seen=d.last_seen, power_w=d.power_w,
         energy_method=d.energy_method, cpu_percent=d.cpu_percent,
-        memory_available=d.memory_available)
+        memory_available=d.memory_available, temperature_c=d.temperature_c,
+        joules_total=d.joules_total)
 
 
 def deployment_pb(d: DeploymentRecord, device_states: dict[str, str]

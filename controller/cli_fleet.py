@@ -55,7 +55,7 @@ def devices(measure_links: bool, address: str, as_json: bool) -> None:
         found = lf.devices()
     if links and not as_json:
         click.echo(table(["device", "device", "link", "rtt", "error"],
-                         [[l.a, l.b, human_rate(l.bandwidth_Bps), ms(l.rtt_s) if l.rtt_s else "-",
+                         [[l.a, l.b, human_rate(l.bandwidth_bytes_per_s), ms(l.rtt_s) if l.rtt_s else "-",
                            l.error] for l in links]) + "\n")
     if as_json:
         return _print_json(found)
@@ -68,7 +68,7 @@ def devices(measure_links: bool, address: str, as_json: bool) -> None:
          "power"],
         [[d.id, d.address, d.state, d.found_by, d.arch, d.cores, human_bytes(d.memory_bytes),
           human_flops(d.flops_per_s) + "FLOP/s" if d.flops_per_s else "-",
-          human_rate(d.link_bandwidth_Bps), ms(d.link_rtt_s) if d.link_rtt_s else "-",
+          human_rate(d.link_bandwidth_bytes_per_s), ms(d.link_rtt_s) if d.link_rtt_s else "-",
           f"{d.power_w:.1f} W ({d.energy_method})" if d.energy_method else "-"]
          for d in found]))
 

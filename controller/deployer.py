@@ -25,6 +25,7 @@ from layerfleet.controller import planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
 from layerfleet.controller.registry import DeploymentRecord, ModelRecord, Registry, StageRecord
+from layerfleet.controller.tables import human_bytes
 from layerfleet.v1 import controller_pb2
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ class Deployer:
         existing = self.registry.deployment(name)
         if existing is not None and existing.state in ACTIVE_STATES:
             raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                           f"deployment {name} is {existing.state}: undeploy it first "
-                           f"or deploy under another --name")
+                           f"deployment {name} is {existing.state}: undeploy it first, "
+                           f"or choose another DeployRequest.name")
 
         def progress(phase: str, message: str, fraction: float) -> controller_pb2.DeployProgress:
             return controller_pb2.DeployProgress(deployment=name, phase=phase, message=message,
@@ -133,7 +134,7 @@ class Deployer:
             stage.shard_sha256, stage.shard_bytes = shard.sha256, shard.size_bytes
             done += shard.size_bytes
             yield progress("upload", f"stage {stage.stage} -> {device_id} "
-                           f"({shard.size_bytes / 1e6:.1f} MB)",
+                           f"({human_bytes(shard.size_bytes)})",
                            _CONVERT + (_UPLOAD - _CONVERT) * done / total)
 
         for stage in reversed(dep.stages):

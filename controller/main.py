@@ -25,8 +25,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from layerfleet.agent import transport
+from layerfleet.agent import reflection, transport
 from layerfleet.controller import planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.api import ControllerService
@@ -160,9 +159,8 @@ class ControllerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
                  fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name,
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, self.server)
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable(self.server, names)
         self.port = transport.add_port(self.server, self.settings.listen,
                                        insecure=self.settings.insecure)
         if self.settings.http:

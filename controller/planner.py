@@ -67,10 +67,10 @@ def candidates(record: ModelRecord, devices: Iterable[DeviceRecord],
                        f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if redundancy not in REDUNDANCY:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"redundancy {redundancy!r}: choose none or gnh")
+                       f"redundancy {redundancy!r}: choose one of {', '.join(REDUNDANCY)}")
     if objective == "energy" and sla_ms <= 0:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       "objective energy needs a latency SLA (--sla MS)")
+                       "objective energy needs a latency SLA: set sla_ms, in milliseconds")
     fleet = fleet_from(devices, links)
     if not fleet.devices:
         raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,

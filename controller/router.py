@@ -45,11 +45,11 @@ class Outcome:
 def bind_inputs(inputs: Mapping[str, np.ndarray], expected: list[dict]) -> dict[str, np.ndarray]:
     """Match the caller's tensors to the deployment's inputs, or say exactly what is wrong.
 
-    A single nameless tensor binds to a single-input model; otherwise names must match.
+    Names must match the deployment's inputs; a single-input model also takes one tensor
+    sent without a name (a bare array). A misnamed tensor is refused, never guessed at.
     """
-    if len(expected) == 1 and len(inputs) == 1:
-        (value,) = inputs.values()
-        bound = {expected[0]["name"]: value}
+    if len(expected) == 1 and len(inputs) == 1 and "" in inputs:
+        bound = {expected[0]["name"]: inputs[""]}
     else:
         bound = dict(inputs)
     want = {e["name"]: e for e in expected}
@@ -94,15 +94,18 @@ class Router:
         dep = self._cache.get(name)
         if dep is None:
             dep = self.registry.deployment(name)
-            if dep is None or dep.state == "undeployed":
+            if dep is None:
                 raise not_found("deployment", name,
                                 [d.name for d in self.registry.deployments()])
             if dep.state in SERVING_STATES:
                 self._cache[name] = dep
         if dep.state not in SERVING_STATES:
+            # Say what GetDeployment says: it exists, in a state that does not serve.
+            hint = {"undeployed": ": deploy it again to serve it",
+                    "deploying": ": wait for the deploy to finish"}.get(dep.state, "")
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"deployment {name} is {dep.state}"
-                           + (f": {dep.error}" if dep.error else ""))
+                           + (f": {dep.error}" if dep.error else hint))
         return dep
 
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:

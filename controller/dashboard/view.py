@@ -48,7 +48,7 @@ def device_view(d: DeviceRecord, now: float) -> dict[str, Any]:
         "version": d.version, "cpu_ratio": d.cpu_percent / 100.0,
         "memory_bytes": d.memory_bytes, "memory_available_bytes": d.memory_available,
         "temperature_c": d.temperature_c, "power_w": d.power_w,
-        "energy_method": d.energy_method, "energy_j": d.joules_total,
+        "energy_method": d.energy_method, "joules_total": d.joules_total,
         "flops_per_s": d.flops_per_s, "link_bandwidth_bytes_per_s": d.link_bandwidth_Bps,
         "link_rtt_s": d.link_rtt_s,
         "last_seen_ago_s": max(now - d.last_seen, 0.0) if d.last_seen else None,

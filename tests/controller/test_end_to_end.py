@@ -53,7 +53,8 @@ async def test_register_plan_deploy_infer_undeploy(fleet, tmp_path):
         await call(client.undeploy, "small")
         with pytest.raises(ApiError) as err:
             await call(client.infer, "small", x)
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "undeployed" in err.value.message
         for agent in fleet.agents:  # routes gone from every agent
             assert not agent.pipeline.routes
 
@@ -101,7 +102,7 @@ async def test_a_model_with_dynamic_shapes_is_refused_naming_the_problem(fleet, 
         with pytest.raises(ApiError) as err:
             await call(client.register_file, tmp_path / "dyn.keras")
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "dynamic shape" in err.value.message and "--input-shape" in err.value.message
+    assert "dynamic shape" in err.value.message and "input_shape" in err.value.message
 
 
 async def test_killing_an_agent_marks_the_deployment_degraded_then_it_recovers(fleet, tmp_path):
@@ -256,7 +257,7 @@ async def test_agent_to_agent_links_are_measured_on_request_and_used_by_the_plan
     with fleet.client() as client:
         links = await call(client.measure_links)
     assert len(links) == 3 and all(not l.error for l in links)
-    assert all(l.bandwidth_Bps > 1e6 and 0 < l.rtt_s < 1 for l in links)
+    assert all(l.bandwidth_bytes_per_s > 1e6 and 0 < l.rtt_s < 1 for l in links)
     stored = {(l["a"], l["b"]) for l in fleet.controller.registry.links()}
     assert stored == {(l.a, l.b) for l in links}
     from layerfleet.controller import planner
@@ -264,4 +265,4 @@ async def test_agent_to_agent_links_are_measured_on_request_and_used_by_the_plan
     view = planner.fleet_from(fleet.controller.registry.devices(),
                               fleet.controller.registry.links())
     a, b = links[0].a, links[0].b
-    assert view.link(a, b).bandwidth_Bps == pytest.approx(links[0].bandwidth_Bps)
+    assert view.link(a, b).bandwidth_Bps == pytest.approx(links[0].bandwidth_bytes_per_s)

@@ -35,7 +35,7 @@
                                   : `${d.temperature_c.toFixed(1)} °C`),
       el("td", {class: "num"}, d.energy_method ? `${d.power_w.toFixed(2)} W` : "–",
          el("small", {}, d.energy_method ? ` ${d.energy_method}` : "")),
-      el("td", {class: "num"}, joules(d.energy_j)),
+      el("td", {class: "num"}, joules(d.joules_total)),
       el("td", {class: "num"}, flops(d.flops_per_s)),
       el("td", {class: "num"}, `${rate(d.link_bandwidth_bytes_per_s)}, ${ms(d.link_rtt_s)}`),
       el("td", {class: "num"}, ago(d.last_seen_ago_s))));

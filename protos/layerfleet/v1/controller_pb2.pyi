@@ -78,7 +78,7 @@ class ListModelsReply(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("id", "address", "hostname", "arch", "cores", "memory_bytes", "runtime", "version", "state", "found_by", "flops_per_s", "link_bandwidth_Bps", "link_rtt_s", "last_seen", "power_w", "energy_method", "cpu_percent", "memory_available")
+    __slots__ = ("id", "address", "hostname", "arch", "cores", "memory_bytes", "runtime", "version", "state", "found_by", "flops_per_s", "link_bandwidth_bytes_per_s", "link_rtt_s", "last_seen", "power_w", "energy_method", "cpu_percent", "memory_available", "temperature_c", "joules_total")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -90,13 +90,15 @@ class DeviceStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     FOUND_BY_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_S_FIELD_NUMBER: _ClassVar[int]
-    LINK_BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    LINK_BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     LINK_RTT_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     POWER_W_FIELD_NUMBER: _ClassVar[int]
     ENERGY_METHOD_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    JOULES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     hostname: str
@@ -108,14 +110,16 @@ class DeviceStatus(_message.Message):
     state: str
     found_by: str
     flops_per_s: float
-    link_bandwidth_Bps: float
+    link_bandwidth_bytes_per_s: float
     link_rtt_s: float
     last_seen: float
     power_w: float
     energy_method: str
     cpu_percent: float
     memory_available: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., arch: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., runtime: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., found_by: _Optional[str] = ..., flops_per_s: _Optional[float] = ..., link_bandwidth_Bps: _Optional[float] = ..., link_rtt_s: _Optional[float] = ..., last_seen: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_method: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[int] = ...) -> None: ...
+    temperature_c: float
+    joules_total: float
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., arch: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., runtime: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., found_by: _Optional[str] = ..., flops_per_s: _Optional[float] = ..., link_bandwidth_bytes_per_s: _Optional[float] = ..., link_rtt_s: _Optional[float] = ..., last_seen: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_method: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[int] = ..., temperature_c: _Optional[float] = ..., joules_total: _Optional[float] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()
@@ -132,18 +136,18 @@ class MeasureLinksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("a", "b", "bandwidth_Bps", "rtt_s", "error")
+    __slots__ = ("a", "b", "bandwidth_bytes_per_s", "rtt_s", "error")
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
-    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     RTT_S_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     a: str
     b: str
-    bandwidth_Bps: float
+    bandwidth_bytes_per_s: float
     rtt_s: float
     error: str
-    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., bandwidth_Bps: _Optional[float] = ..., rtt_s: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., rtt_s: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class MeasureLinksReply(_message.Message):
     __slots__ = ("links",)
