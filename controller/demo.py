@@ -32,7 +32,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner off the demo
 
+from layerfleet.controller import wire
 from layerfleet.controller.tables import human_bytes, ms, table
+from layerfleet.v1 import controller_pb2
 
 _SERVING = re.compile(r"serving on (\S+)")
 _DASHBOARD = re.compile(r"dashboard and /metrics on (\S+)")
@@ -113,7 +115,8 @@ def local_fleet(workdir: Path, n_agents: int = 3) -> Iterator[tuple[Daemon, list
 def _wait_for_devices(client: Any, n: int, timeout_s: float = 60.0) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        up = [d for d in client.devices() if d.state == "up" and d.flops_per_s > 0]
+        up = [d for d in client.devices()
+              if d.state == controller_pb2.DEVICE_STATE_UP and d.flops_per_s > 0]
         if len(up) >= n:
             return up
         time.sleep(0.2)
@@ -173,7 +176,7 @@ def _hop_table(outcomes: list[Any]) -> str:
 
 def _deploy(client: Any, model: str) -> None:
     for step in client.deploy(model, objective="throughput"):
-        click.echo(f"  {step.phase:<8} {step.message}")
+        click.echo(f"  {wire.PHASE.word(step.phase):<8} {step.message}")
 
 
 @click.command()

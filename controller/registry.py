@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from layerfleet.controller.states import DeploymentState, DeviceState, FoundBy
 
 
 @dataclass(slots=True)
@@ -31,8 +32,8 @@ class DeviceRecord:
     memory_bytes: int = 0
     runtime: str = ""
     version: str = ""
-    state: str = "up"          # up | down | duplicate
-    found_by: str = "static"   # mdns | join | static
+    state: DeviceState = "up"
+    found_by: FoundBy = "static"
     flops_per_s: float = 0.0   # calibrated; 0 until measured
     link_bandwidth_Bps: float = 0.0
     link_rtt_s: float = 0.0
@@ -80,7 +81,7 @@ class StageRecord:
 class DeploymentRecord:
     name: str
     model: str
-    state: str                 # deploying | active | degraded | failed | undeployed
+    state: DeploymentState
     plan: dict[str, Any] = field(default_factory=dict)
     manifest_dir: str = ""
     error: str = ""

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
-from layerfleet.controller import planner
+from layerfleet.controller import planner, wire
 from layerfleet.controller.dashboard.access import Guard, check_listen, open_to_reachable
 from layerfleet.controller.dashboard.view import event_view, fleet_view
 from layerfleet.controller.errors import ApiError, not_found
@@ -197,8 +197,8 @@ class Dashboard:
                          status=404 if exc.code == grpc.StatusCode.NOT_FOUND else 400)
         return _json({
             "model": record.name,
-            "candidates": [_message(planner.candidate_pb(p, costs)) for p in found],
-            "baselines": [_message(planner.candidate_pb(p, costs))
+            "candidates": [_candidate(planner.candidate_pb(p, costs)) for p in found],
+            "baselines": [_candidate(planner.candidate_pb(p, costs))
                           for p in baselines.values() if p]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -206,9 +206,12 @@ class Dashboard:
                                                                      CONTENT_TYPE})
 
 
-def _message(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+def _candidate(candidate: Any) -> dict[str, Any]:
+    """A Candidate in proto JSON, its objective as the word the page shows."""
+    data = json_format.MessageToDict(candidate, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)
+    data["objective"] = wire.OBJECTIVE.word(candidate.objective)
+    return data
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from layerfleet import __version__
-from layerfleet.controller import planner
+from layerfleet.controller import planner, wire
 from layerfleet.controller.observed import DeploymentSeen, Observed, StageSeen
 from layerfleet.controller.registry import (
     DeploymentRecord,
@@ -20,6 +20,7 @@ from layerfleet.controller.registry import (
     ModelRecord,
     Registry,
 )
+from layerfleet.controller.states import stage_state
 
 
 def fleet_view(registry: Registry, observed: Observed, *, controller: str = "",
@@ -72,7 +73,7 @@ def deployment_view(dep: DeploymentRecord, device_states: dict[str, str],
             "stage": stage.stage, "start": stage.start, "stop": stage.stop,
             "first_layer": plan.get("first_layer", ""), "last_layer": plan.get("last_layer", ""),
             "device": stage.device, "replicas": list(stage.replicas),
-            "state": "ready" if all(device_states.get(d) == "up" for d in devices) else "down",
+            "state": stage_state(stage.device, device_states),
             "devices_down": [d for d in devices if device_states.get(d) != "up"],
             "shard_bytes": stage.shard_bytes,
             "exit": plan.get("exit"),  # planned early exit, once the planner places them
@@ -86,7 +87,7 @@ def deployment_view(dep: DeploymentRecord, device_states: dict[str, str],
         "name": dep.name, "model": dep.model, "state": dep.state, "error": dep.error,
         "updated_at": dep.updated_at,
         "predicted": {"strategy": candidate.get("strategy", ""),
-                      "objective": candidate.get("objective", ""),
+                      "objective": _objective_word(candidate.get("objective", "")),
                       "latency_s": float(candidate.get("latency_s", 0.0)),
                       "throughput_rps": float(candidate.get("throughput_rps", 0.0)),
                       "energy_j": float(candidate.get("energy_j", 0.0))},
@@ -117,3 +118,8 @@ def _stage_seen(seen: StageSeen | None) -> dict[str, Any]:
 def event_view(e: EventRecord) -> dict[str, Any]:
     return {"id": e.id, "time": e.time, "kind": e.kind, "subject": e.subject,
             "message": e.message}
+
+
+def _objective_word(value: str) -> str:
+    """'OBJECTIVE_THROUGHPUT' (proto JSON) or 'throughput' (rows from before the enum)."""
+    return value.removeprefix(wire.OBJECTIVE.prefix).lower()

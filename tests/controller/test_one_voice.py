@@ -12,6 +12,7 @@ import zipfile
 import grpc
 import numpy as np
 import pytest
+from layerfleet.controller import wire
 from layerfleet.controller.cli_common import with_flags
 from layerfleet.controller.errors import ApiError
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc
@@ -43,7 +44,8 @@ async def test_infer_on_an_undeployed_deployment_says_it_is_undeployed(fleet, tm
     await _deployed(fleet, tmp_path)
     with fleet.client() as client:
         await call(client.undeploy, "small")
-        assert (await call(client.deployment, "small")).state == "undeployed"
+        assert (await call(client.deployment, "small")).state == \
+            controller_pb2.DEPLOYMENT_STATE_UNDEPLOYED
         with pytest.raises(ApiError) as err:
             await call(client.infer, "small", X)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -127,7 +129,9 @@ async def test_a_single_misnamed_input_is_refused_and_a_nameless_one_binds(fleet
 
 async def test_deploy_progress_gives_shard_sizes_in_a_unit_that_fits(fleet, tmp_path):
     steps = await _deployed(fleet, tmp_path)
-    uploads = [s.message for s in steps if s.phase == "upload"]
+    phases = [wire.PHASE.word(s.phase) for s in steps]
+    assert phases[0] == "plan" and phases[-2:] == ["route", "done"], phases
+    uploads = [s.message for s in steps if s.phase == controller_pb2.DEPLOY_PHASE_UPLOAD]
     assert uploads and all(m.endswith(" KB)") for m in uploads), uploads
     assert not any("(0.0 MB)" in m for m in uploads)
 
@@ -159,3 +163,33 @@ async def test_a_dynamic_shape_refusal_names_the_header_field(fleet, tmp_path):
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "input_shape" in err.value.message and "--" not in err.value.message
     assert "--input-shape" in with_flags(err.value.message)
+
+
+def _send_raw(address: str, method: str, payload: bytes) -> grpc.RpcError:
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(f"/layerfleet.v1.Controller/{method}")
+        with pytest.raises(grpc.RpcError) as err:
+            call(payload, timeout=30)
+        return err.value
+
+
+async def test_a_client_built_from_the_old_proto_is_told_objective_is_an_enum_now(fleet):
+    """Before 0.2, PlanRequest.objective was string field 2 (now reserved): such a request
+    must not silently plan for latency."""
+    old_plan = b"\x0a\x05small" + b"\x12\x0athroughput"       # model=1, objective=2 (string)
+    err = await call(_send_raw, fleet.controller.address, "Plan", old_plan)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "objective" in err.details() and "controller.proto" in err.details()
+    old_deploy = b"\x0a\x05small" + b"\x2a\x03gnh"              # redundancy=5 (string)
+    err = await call(_send_raw, fleet.controller.address, "Deploy", old_deploy)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "redundancy" in err.details()
+
+
+def test_every_enum_value_has_a_word_and_every_word_a_value():
+    """wire.Labels refuses at import an enum and a word list that disagree."""
+    with pytest.raises(ImportError, match="OBJECTIVE_WEIGHTED"):
+        wire.Labels(controller_pb2.Objective, "OBJECTIVE_", ("latency", "throughput",
+                                                             "energy"))
+    assert [wire.OBJECTIVE.word(wire.OBJECTIVE.wire(w)) for w in wire.OBJECTIVE.words] == \
+        list(wire.OBJECTIVE.words)
+    assert wire.DEPLOYMENT_STATE.word(99) == "unknown(99)"

@@ -47,10 +47,10 @@ def drive(client: ProtoClient, model_file, x: np.ndarray) -> dict:
         chunks.append(chunk)
     seen["model"] = client.client_stream(f"{C}.RegisterModel", [header, *chunks])
     seen["models"] = client.unary(f"{C}.ListModels")["models"]
-    seen["plan"] = client.unary(f"{C}.Plan", {"model": "small", "objective": "throughput",
-                                              "top_k": 2})
+    seen["plan"] = client.unary(f"{C}.Plan", {"model": "small",
+                                              "objective": "OBJECTIVE_THROUGHPUT", "top_k": 2})
     seen["progress"] = list(client.server_stream(f"{C}.Deploy", {
-        "model": "small", "objective": "throughput"}))
+        "model": "small", "objective": "OBJECTIVE_THROUGHPUT"}))
     seen["deployment"] = client.unary(f"{C}.GetDeployment", {"name": "small"})
     seen["deployments"] = client.unary(f"{C}.ListDeployments")["deployments"]
     seen["infer"] = client.unary(f"{C}.Infer", {"request_id": "7", "deployment": "small",
@@ -73,14 +73,14 @@ async def test_a_client_from_the_proto_files_alone_drives_the_main_calls(fleet, 
     with grpc.insecure_channel(fleet.controller.address) as channel:
         seen = await call(drive, ProtoClient(channel, files), model_file, x)
 
-    assert len(seen["devices"]) == 3 and {d["state"] for d in seen["devices"]} == {"up"}
+    assert len(seen["devices"]) == 3 and {d["state"] for d in seen["devices"]} == {"DEVICE_STATE_UP"}
     assert seen["model"]["name"] == "small" and seen["models"] == [seen["model"]]
     assert seen["model"]["inputs"] == [{"name": "pixels", "dtype": "FLOAT32",
                                         "shape": ["1", "12", "12", "1"]}]
     assert len(seen["plan"]["candidates"]) == 2 and seen["plan"]["baselines"]
-    assert seen["progress"][-1]["phase"] == "done"
+    assert seen["progress"][-1]["phase"] == "DEPLOY_PHASE_DONE"
     dep = seen["deployment"]
-    assert dep["state"] == "active" and seen["deployments"] == [dep]
+    assert dep["state"] == "DEPLOYMENT_STATE_ACTIVE" and seen["deployments"] == [dep]
     assert dep["outputs"] == seen["model"]["outputs"]
 
     reply = seen["infer"]
@@ -100,7 +100,7 @@ async def test_a_client_from_the_proto_files_alone_drives_the_main_calls(fleet, 
         np.testing.assert_array_equal((await call(ours.infer, "small", x)).output, probs)
     kinds = [e["kind"] for e in seen["events"]]
     assert "model.registered" in kinds and "deploy.active" in kinds
-    assert seen["undeploy"]["state"] == "undeployed"
+    assert seen["undeploy"]["state"] == "DEPLOYMENT_STATE_UNDEPLOYED"
 
 
 def _reflect(address: str, service: str) -> tuple[list[str], list]:
@@ -134,6 +134,22 @@ async def test_reflection_serves_the_contract_with_its_comments(fleet, tmp_path,
     from_files = comments((await call(compile_protos, tmp_path)).file)
     assert served == {k: v for k, v in from_files.items() if k in served}, \
         "reflection serves other comments than the files"
+
+    # Closed sets are enums, so their values are discoverable: every mode and state field.
+    by_name = {f"{f.package}.{m.name}": m for f in files for m in f.message_type}
+    enums = {f"{f.package}.{e.name}": [v.name for v in e.value] for f in files
+             for e in f.enum_type}
+    for field in ("PlanRequest.objective", "PlanRequest.redundancy", "DeployRequest.objective",
+                  "DeployRequest.redundancy", "Candidate.objective", "DeployProgress.phase",
+                  "DeviceStatus.state", "DeviceStatus.found_by", "StageStatus.state",
+                  "Deployment.state"):
+        message, name = field.split(".")
+        (proto,) = [f for f in by_name[f"layerfleet.v1.{message}"].field if f.name == name]
+        assert proto.type == proto.TYPE_ENUM, field
+        assert len(enums[proto.type_name.lstrip(".")]) > 2, field
+    assert enums["layerfleet.v1.Objective"][1:] == [
+        "OBJECTIVE_LATENCY", "OBJECTIVE_THROUGHPUT", "OBJECTIVE_ENERGY", "OBJECTIVE_WEIGHTED"]
+    assert "DEPLOY_PHASE_ACTIVATE" not in enums["layerfleet.v1.DeployPhase"]
 
     # A client built from reflection alone can call the controller.
     with grpc.insecure_channel(fleet.controller.address) as channel:
