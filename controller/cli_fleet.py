@@ -56,8 +56,8 @@ def devices(measure_links: bool, address: str, as_json: bool) -> None:
         found = lf.devices()
     if links and not as_json:
         click.echo(table(["device", "device", "link", "rtt", "error"],
-                         [[l.a, l.b, human_rate(l.bandwidth_bytes_per_s), ms(l.rtt_s) if l.rtt_s else "-",
-                           l.error] for l in links]) + "\n")
+                         [[l.a, l.b, human_rate(l.bandwidth_bytes_per_s),
+                           ms(l.rtt_s) if l.rtt_s else "-", l.error] for l in links]) + "\n")
     if as_json:
         return _print_json(found)
     if not found:

@@ -20,7 +20,7 @@ class Labels:
 
     def __init__(self, enum: Any, prefix: str, words: tuple[str, ...]) -> None:
         self.enum, self.prefix, self.words = enum, prefix, words
-        names = {n for n in enum.keys() if n != f"{prefix}UNSPECIFIED"}
+        names = {n for n in enum.DESCRIPTOR.values_by_name if n != f"{prefix}UNSPECIFIED"}
         expected = {prefix + w.upper() for w in words}
         if names != expected:
             raise ImportError(f"{enum.DESCRIPTOR.full_name} and states.py disagree: "

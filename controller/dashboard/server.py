@@ -186,8 +186,8 @@ class Dashboard:
                 sla_ms = float(query.get("sla_ms") or 0.0)
                 top_k = int(query.get("top") or 3)
             except ValueError:
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "sla_ms must be a number and top a whole "
-                                         "number") from None
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "sla_ms must be a number and top a whole number") from None
             found, baselines, costs = planner.candidates(
                 record, self.registry.devices(), self.registry.links(),
                 objective=query.get("objective") or "latency", sla_ms=sla_ms,

@@ -157,9 +157,8 @@ async def test_a_dynamic_shape_refusal_names_the_header_field(fleet, tmp_path):
     inp = keras.Input((None, None, 3))
     out = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
     keras.Model(inp, out, name="dyn").save(tmp_path / "dyn.keras")
-    with fleet.client() as client:
-        with pytest.raises(ApiError) as err:
-            await call(client.register_file, tmp_path / "dyn.keras")
+    with fleet.client() as client, pytest.raises(ApiError) as err:
+        await call(client.register_file, tmp_path / "dyn.keras")
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "input_shape" in err.value.message and "--" not in err.value.message
     assert "--input-shape" in with_flags(err.value.message)

@@ -73,7 +73,8 @@ async def test_a_client_from_the_proto_files_alone_drives_the_main_calls(fleet, 
     with grpc.insecure_channel(fleet.controller.address) as channel:
         seen = await call(drive, ProtoClient(channel, files), model_file, x)
 
-    assert len(seen["devices"]) == 3 and {d["state"] for d in seen["devices"]} == {"DEVICE_STATE_UP"}
+    assert [d["state"] for d in seen["devices"]] == ["DEVICE_STATE_UP"] * 3
+    assert all(d["joules_total"] > 0 for d in seen["devices"]), "energy from the heartbeats"
     assert seen["model"]["name"] == "small" and seen["models"] == [seen["model"]]
     assert seen["model"]["inputs"] == [{"name": "pixels", "dtype": "FLOAT32",
                                         "shape": ["1", "12", "12", "1"]}]
