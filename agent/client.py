@@ -2,7 +2,7 @@
 
 All inference goes over one persistent multiplexed connection (stream.py): the agent's
 data port (raw TCP) when it has one, else a gRPC Infer stream. Errors come back as
-AgentError with the agent's status code and message.
+StatusError (errors.py) with the agent's status code and message.
 """
 
 from __future__ import annotations
@@ -16,27 +16,21 @@ from typing import Any
 import grpc
 import numpy as np
 from layerfleet.agent import transport
-from layerfleet.agent.stream import HopError, InferStream, Reply
+from layerfleet.agent.answers import Outputs
+from layerfleet.agent.errors import StatusError
+from layerfleet.agent.stream import DEFAULT_TIMEOUT_S, InferStream
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
 UPLOAD_CHUNK = 1 << 20
+# The name callers of this client have used for its errors: the one StatusError.
+AgentError = StatusError
 
 
-class AgentError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.code.name}: {self.message}"
-
-
-def _wrap(exc: grpc.aio.AioRpcError, address: str) -> AgentError:
+def _wrap(exc: grpc.aio.AioRpcError, address: str) -> StatusError:
     details = exc.details() or exc.code().name
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         details = f"agent {address} unavailable: {details}"
-    return AgentError(exc.code(), details)
+    return StatusError(exc.code(), details)
 
 
 class AgentClient:
@@ -106,11 +100,10 @@ class AgentClient:
         return self._stream.carrier
 
     async def infer(self, deployment: str, inputs: Mapping[str, np.ndarray], *,
-                    stage: int = 0) -> Reply:
-        try:
-            return await self._stream.infer(deployment, stage, inputs)
-        except HopError as exc:
-            raise AgentError(exc.code, exc.message) from None
+                    stage: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> Outputs:
+        """The deployment's answer for `inputs` entering at `stage`; StatusError for a
+        failure, DEADLINE_EXCEEDED past `timeout_s` (every hop drops it then too)."""
+        return await self._stream.infer(deployment, stage, inputs, timeout_s=timeout_s)
 
     async def benchmark(self, runs: int = 5) -> agent_pb2.BenchmarkReply:
         return await self._unary(self._stub.Benchmark, agent_pb2.BenchmarkRequest(runs=runs),

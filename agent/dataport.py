@@ -41,11 +41,16 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 from layerfleet.agent import tensors
+from layerfleet.agent.budget import Budget
+from layerfleet.agent.errors import StatusError
 from layerfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
 PREFACE = b"LFDATA1\n"           # protocol and version; a wrong port fails fast
+# Sent instead of PREFACE by an agent that cannot take the connection (its connection
+# limit, or no thread to serve it), before it hangs up: the sender falls back to gRPC.
+BUSY = b"LFBUSY1\n"
 _FIXED = struct.Struct("<IQ")    # header_len, payload_len
 # Headers are a request id, names, shapes and hop timings: a few hundred bytes. The cap
 # keeps a corrupt length from making us buffer garbage.
@@ -71,6 +76,30 @@ class DataProtocolError(Exception):
     """The peer is not speaking the data-port protocol (or a header is corrupt): hang up."""
 
 
+class Busy(DataProtocolError):
+    """The agent refused the connection (BUSY): use gRPC instead."""
+
+
+def expect_preface(got: bytes, preface: bytes = PREFACE) -> None:
+    """Check a peer's opening bytes (Busy, or DataProtocolError naming what came)."""
+    if got == BUSY:
+        raise Busy("the agent's data port is busy (connection limit); using gRPC")
+    if got != preface:
+        raise DataProtocolError(f"not a layerfleet data port (expected {preface!r}, got "
+                                f"{got!r})")
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """n bytes from a blocking socket (EOF before them: ConnectionError)."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return bytes(data)
+
+
 @dataclass
 class Frame(Generic[Message]):
     """One request or answer off a connection. When the tensors could not be read, `arrays`
@@ -80,6 +109,7 @@ class Frame(Generic[Message]):
     message: Message
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     error: tuple[grpc.StatusCode, str] | None = None
+    held_bytes: int = 0   # reserved in the reader's budget for this frame's tensors
     # A reader with raw=True keeps the frame as it came instead: to relay it unparsed.
     header: bytes = b""
     payload: np.ndarray | None = None
@@ -188,7 +218,7 @@ def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len
     for t in message.tensors:
         shape = tuple(t.shape)
         try:
-            dt, nbytes = tensors.layout(t.dtype, shape, t.name)
+            dt, nbytes = tensors.layout(t.dtype, shape, t.name, max_payload)
         except tensors.TensorError as exc:
             raise _Unreadable(invalid, str(exc)) from None
         if t.data or any(p.name == t.name for p in plan):
@@ -218,8 +248,13 @@ class FrameReader(Generic[Message]):
 
     def __init__(self, message_type: type[Message], *,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-                 preface: bytes = PREFACE, raw: bool = False) -> None:
+                 preface: bytes = PREFACE, raw: bool = False,
+                 budget: Budget | None = None) -> None:
+        """`budget`: reserve each frame's payload there once its header is read (a frame
+        that does not fit is skipped and answered RESOURCE_EXHAUSTED); the reservation
+        travels with the Frame (`held_bytes`) and is its receiver's to give back."""
         self._type = message_type
+        self._budget = budget
         self._raw = raw
         self._max_payload = max_payload_bytes
         self._preface = preface
@@ -232,6 +267,24 @@ class FrameReader(Generic[Message]):
         self._skip = 0                    # payload bytes of a frame being skipped
         self._target: np.ndarray | None = None  # a big tensor being received in place
         self._filled = 0
+
+    @property
+    def greeted(self) -> bool:
+        """The peer's preface has arrived."""
+        return not self._preface
+
+    @property
+    def mid_frame(self) -> bool:
+        """Part of a frame has arrived and the rest has not."""
+        return (self._start != self._end or self._fixed is not None or self._frame is not None
+                or self._target is not None)
+
+    def abandon(self) -> None:
+        """The connection ended: give back what the frame in progress had reserved."""
+        if self._frame is not None and self._budget is not None and self._frame.held_bytes:
+            self._budget.give(self._frame.held_bytes)
+            self._frame.held_bytes = 0
+        self._frame = self._target = None
 
     def get_buffer(self) -> memoryview:
         if self._target is not None:
@@ -271,9 +324,7 @@ class FrameReader(Generic[Message]):
                 if available < len(self._preface):
                     return done
                 got = bytes(self._view[self._start:self._start + len(self._preface)])
-                if got != self._preface:
-                    raise DataProtocolError(f"not a layerfleet data port (expected "
-                                            f"{self._preface!r}, got {got!r})")
+                expect_preface(got, self._preface)
                 self._start += len(self._preface)
                 self._preface = b""
             elif self._frame is None:
@@ -303,7 +354,14 @@ class FrameReader(Generic[Message]):
                 try:
                     self._plan = (_plan(message, payload_len, self._max_payload)
                                   if not self._raw else _whole(payload_len, self._max_payload))
+                    if self._budget is not None and payload_len:
+                        try:
+                            self._budget.take(payload_len)
+                        except StatusError as exc:
+                            raise _Unreadable(exc.code, exc.message) from None
+                        self._frame.held_bytes = payload_len
                 except _Unreadable as exc:
+                    self._plan = []
                     self._frame.error = exc.status
                     self._skip = payload_len
             elif self._skip:
@@ -353,6 +411,8 @@ class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
         self._error: str | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        # Done once the peer's preface arrived (a Busy or foreign peer: its error).
+        self.greeted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -371,11 +431,16 @@ class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
         try:
             frames = self._reader.buffer_updated(nbytes)
         except DataProtocolError as exc:
-            log.warning("data port: %s sent %s; hanging up", self.peer, exc)
+            if not self.greeted.done():
+                self.greeted.set_exception(exc)
+            else:
+                log.warning("data port: %s sent %s; hanging up", self.peer, exc)
             self._error = str(exc)
             assert self.transport is not None
             self.transport.abort()
             return
+        if self._reader.greeted and not self.greeted.done():
+            self.greeted.set_result(None)
         for frame in frames:
             self._on_frame(frame)
 
@@ -384,6 +449,9 @@ class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writable.set()
+        if not self.greeted.done():
+            self.greeted.set_exception(ConnectionError("closed before its preface"))
+            self.greeted.exception()   # retrieved: nobody may be waiting any more
         reason = self._error or (str(exc) if exc else None)
         self._on_lost(reason)
 

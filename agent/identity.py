@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 from pathlib import Path
+
+from layerfleet.agent import files
 
 ID_FILE = "device-id.json"
 MACHINE_ID = Path("/etc/machine-id")
@@ -59,11 +59,6 @@ def device_id(state_dir: Path, *, machine_id: Path = MACHINE_ID,
     except (OSError, ValueError, AttributeError):
         pass  # missing or corrupt: make a new one
     new_id = f"lf-{secrets.token_hex(6)}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".device-id-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"id": new_id, "fingerprint": current}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.private_dir(path.parent)
+    files.write_atomic(path, json.dumps({"id": new_id, "fingerprint": current}).encode())
     return new_id

@@ -20,13 +20,15 @@ import platform
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from layerfleet import __version__
-from layerfleet.agent import reflection, sdnotify, transport
+from layerfleet.agent import files, reflection, sdnotify, transport
+from layerfleet.agent.budget import Budget
 from layerfleet.agent.dataport_server import DataPortServer
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
 from layerfleet.agent.identity import device_id
@@ -37,6 +39,7 @@ from layerfleet.agent.telemetry import Telemetry
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("layerfleet.agent")
+HEALTH_INTERVAL_S = 5.0   # how often health is checked when systemd sets no watchdog
 
 
 def default_state_dir() -> Path:
@@ -54,7 +57,10 @@ class Settings:
     threads: int = 0             # LiteRT threads per shard run; 0 = all cores
     workers: int = 1             # shard runs at once
     quota_bytes: int = DEFAULT_QUOTA
-    max_request_bytes: int = 1 << 30   # tensor bytes in one Infer request
+    max_request_bytes: int = 256 << 20   # tensor bytes in one Infer request
+    max_inflight_bytes: int = 512 << 20  # tensor bytes of all requests held at once
+    request_timeout_s: float = 30.0      # a request's deadline when its sender sets none
+    max_connections: int = 128           # data-port connections (a thread each)
     mdns: bool = True
     data_port: str = "auto"      # auto (gRPC port + 1), off, or a port number (0: any)
     controller: str = ""
@@ -132,8 +138,17 @@ def _parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help="Shard runs at the same time (default 1).")
     add("--quota-bytes", type=int, help="Disk quota for shards (default 1 GiB).")
     add("--max-request-bytes", type=int,
-        help="Largest Infer request (tensor bytes) this agent accepts (default 1 GiB); "
+        help="Largest Infer request (tensor bytes) this agent accepts (default 256 MiB); "
              "bigger ones get RESOURCE_EXHAUSTED.")
+    add("--max-inflight-bytes", type=int,
+        help="Tensor bytes of all requests this agent holds at once, received and not yet "
+             "answered (default 512 MiB); past it new requests get RESOURCE_EXHAUSTED and "
+             "senders with replicas go elsewhere.")
+    add("--request-timeout", dest="request_timeout_s", type=float,
+        help="Seconds a request may take when its sender sets no deadline (default 30).")
+    add("--max-connections", type=int,
+        help="Data-port connections at once, a thread each (default 128); past it the "
+             "longest-idle one is closed, or the sender is told to use gRPC.")
     add("--no-mdns", action="store_const", const=True, help="Do not advertise over mDNS.")
     add("--data-port",
         help="Where activations arrive: a raw-TCP port on the --listen host beside the gRPC "
@@ -142,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
              "any free port); 'off': activations over gRPC Infer only, here and to next "
              "hops.")
     add("--controller", help="Controller HOST:PORT to join (for agents off its LAN).")
-    add("--join-token", help="Token from `layerfleet-controller token create`.")
+    add("--join-token", help="Token from `layerfleet-controller token create`. Prefer "
+                             "LAYERFLEET_JOIN_TOKEN in the environment or a 0600 config "
+                             "file: a flag is visible to every local user.")
     add("--insecure", action="store_const", const=True,
         help="Allow a non-loopback --listen without TLS (until mutual TLS lands).")
     add("--metrics-port", type=int, help="Serve Prometheus /metrics on this port (0: off).")
@@ -168,7 +185,7 @@ class AgentServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.state_dir = Path(settings.state_dir) if settings.state_dir else default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        files.private_dir(self.state_dir)
         self.device_id = device_id(self.state_dir)
         board = BOARDS[detect_board()]
         power = PowerModel(board.board, settings.idle_watts or board.idle_w,
@@ -180,8 +197,10 @@ class AgentServer:
                                  workers=max(settings.workers, 1), threads_per_run=threads,
                                  on_inference=self._record,
                                  use_data_ports=settings.data_port != "off")
-        self.dataport = (DataPortServer(self.pipeline,
-                                        max_payload_bytes=settings.max_request_bytes)
+        self.budget = Budget(settings.max_inflight_bytes)
+        self.dataport = (DataPortServer(self.pipeline, self.budget,
+                                        max_payload_bytes=settings.max_request_bytes,
+                                        max_connections=settings.max_connections)
                          if settings.data_port != "off" else None)
         self.health = health.aio.HealthServicer()
         self.server: Any = None
@@ -189,6 +208,7 @@ class AgentServer:
         self.address = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._advertiser: Any = None
+        self._stop_metrics: Callable[[], None] | None = None
 
     def _record(self, shard: str, seconds: float) -> None:
         joules = self.telemetry.record_inference(shard, seconds,
@@ -199,7 +219,7 @@ class AgentServer:
             metrics.observe_inference(shard, seconds, joules)
 
     async def start(self) -> str:
-        self.pipeline.loop = asyncio.get_running_loop()   # gRPC next hops live on it
+        self.pipeline.start(asyncio.get_running_loop())   # next hops connect on it
         self.server = transport.server()
         port = transport.add_port(self.server, self.settings.listen,
                                   insecure=self.settings.insecure)
@@ -216,6 +236,7 @@ class AgentServer:
                               f"--data-port off") from None
         self.service = AgentService(self.store, self.pipeline, self.telemetry,
                                     device_id=self.device_id, address=self.address,
+                                    budget=self.budget,
                                     allow_faults=self.settings.allow_faults,
                                     data_port=data_port,
                                     max_request_bytes=self.settings.max_request_bytes)
@@ -240,11 +261,10 @@ class AgentServer:
         if self.settings.metrics_port:
             from layerfleet.agent import metrics
 
-            metrics.start_metrics_server(self.settings.metrics_port)
+            _, self._stop_metrics = metrics.start_metrics_server(self.settings.metrics_port)
             self._tasks.append(asyncio.create_task(self._metrics_loop()))
-        interval = sdnotify.watchdog_interval_s()
-        if interval:
-            self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        self._tasks.append(asyncio.create_task(
+            self._watchdog(sdnotify.watchdog_interval_s() or HEALTH_INTERVAL_S)))
         sdnotify.notify("READY=1\nSTATUS=serving on " + self.address)
         return self.address
 
@@ -271,9 +291,28 @@ class AgentServer:
             metrics.update_from_snapshot(self.telemetry.sample())
             await asyncio.sleep(5)
 
+    @property
+    def healthy(self) -> bool:
+        """Serving on every port it announced (a data port that cannot accept is not)."""
+        return self.dataport is None or self.dataport.healthy
+
     async def _watchdog(self, interval: float) -> None:
+        """Health checks and systemd see a data port that cannot accept: health goes
+        NOT_SERVING and the watchdog stops, so systemd restarts the agent."""
+        reported = True
         while True:
-            sdnotify.notify("WATCHDOG=1")
+            healthy = self.healthy
+            if healthy:
+                sdnotify.notify("WATCHDOG=1")
+            if healthy != reported:
+                reported = healthy
+                if not healthy:
+                    log.error("the data port cannot accept connections: reporting "
+                              "NOT_SERVING and stopping the watchdog")
+                status = health_pb2.HealthCheckResponse.SERVING if healthy else \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ("", "layerfleet.v1.Agent"):
+                    await self.health.set(name, status)
             await asyncio.sleep(interval)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -292,6 +331,8 @@ class AgentServer:
             stopping.append(self.dataport.stop(grace))
         await asyncio.gather(*stopping)
         await self.pipeline.close()
+        if self._stop_metrics is not None:
+            await asyncio.to_thread(self._stop_metrics)
 
 
 async def serve(settings: Settings) -> None:

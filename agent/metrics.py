@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -27,10 +29,17 @@ CPU = Gauge("layerfleet_cpu_utilisation_ratio", "CPU utilisation over all cores,
             registry=REGISTRY)
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
-    """Serve /metrics; port 0 picks a free port. Returns the bound port."""
-    server, _ = start_http_server(port, addr=host, registry=REGISTRY)
-    return int(server.server_port)
+def start_metrics_server(port: int, host: str = "127.0.0.1"
+                         ) -> tuple[int, Callable[[], None]]:
+    """Serve /metrics (port 0 picks a free port); returns the port and what stops it."""
+    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return int(server.server_port), stop
 
 
 def observe_inference(shard: str, seconds: float, joules: float) -> None:

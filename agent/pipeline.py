@@ -2,22 +2,19 @@
 
 Routes map (deployment, stage) to a shard and the next hop(s). A request runs its shard in
 the thread that received it (a data-port connection's thread, or a worker for gRPC Infer:
-LiteRT releases the GIL while it computes), then its outputs go to the next stage over one
-persistent connection per next-hop address (links.py), and the thread moves on to the
-next request. The answer comes back up the same connections: each agent puts its own
-HopTiming in front of the ones from downstream and answers whoever sent it the request. So
-the client that called the first stage gets the final output, without the controller
-relaying any hop, and no agent needs to reach back to the client (NAT-friendly).
+LiteRT releases the GIL while it computes), then its outputs go to the next stage
+(nexthops.Ticket: a replica chosen, retried or hedged) and the thread moves on to the next
+request. The answer comes back up the same connections: each agent puts its own HopTiming
+in front of the ones from downstream and answers whoever sent it the request. So the
+client that called the first stage gets the final output, without the controller relaying
+any hop, and no agent needs to reach back to the client (NAT-friendly).
 
 Why threads and not the event loop: a blocking thread per connection wakes once per frame
-and runs a few lines of Python; the loop's wakeups, handoffs and task steps cost ~0.4 ms
+and runs a few lines of Python; the loop's wakeups, handoffs and task steps cost ~0.3 ms
 more per hop here (docs/agent.md, "Measured"). The event loop keeps the control plane.
 
-Exits: a route may carry an exit test (max of a probability output >= threshold); a sample
-that passes returns from here and the rest of the chain never sees it.
-Replicas: a stage with several next hops spreads requests over them (BALANCED: least
-outstanding) or sends each request to hedge_k of them and keeps the first answer (HEDGED),
-cancelling the others.
+Exits: a route may carry an exit test (max of an output >= threshold); a sample that
+passes returns from here and the rest of the chain never sees it.
 """
 
 from __future__ import annotations
@@ -25,147 +22,50 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import tempfile
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 from google.protobuf import json_format
-from layerfleet.agent import dataport
-from layerfleet.agent.links import Link, Relayed, open_link
-from layerfleet.agent.runtime import ShardInputError, ShardRunner
-from layerfleet.agent.store import ShardStore, StoreError
-from layerfleet.agent.stream import HopError, Reply
+from layerfleet.agent import answers, files, names, transport
+from layerfleet.agent.answers import Answer, Outputs
+from layerfleet.agent.errors import DeadlineExceeded, InvalidArgument, NotFound
+from layerfleet.agent.nexthops import NextHops, Ticket
+from layerfleet.agent.runtime import ShardRunner
+from layerfleet.agent.store import ShardStore
+from layerfleet.agent.timers import Timers
 from layerfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 ROUTES_FILE = "routes.json"
-
-STORE_STATUS = {"data_loss": grpc.StatusCode.DATA_LOSS,
-                "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "not_found": grpc.StatusCode.NOT_FOUND,
-                "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT}
-
-
-@dataclass
-class Answer:
-    """What goes back for one request."""
-
-    request_id: int
-    outputs: dict[str, np.ndarray] | None = None
-    hops: list[agent_pb2.HopTiming] = field(default_factory=list)
-    exited_at_stage: int = -1
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    message: str = ""
-    # Or, relaying a data-port answer: the header to send (serialized) and the payload.
-    relayed: tuple[bytes, np.ndarray | None] | None = None
-
-    def header(self) -> agent_pb2.InferResponse:
-        """The response without its tensors."""
-        return agent_pb2.InferResponse(
-            request_id=self.request_id, hops=self.hops, exited_at_stage=self.exited_at_stage,
-            status_code=self.code.value[0], status_message=self.message)
-
-    def decoded(self) -> Answer:
-        """This answer with outputs and hops (a relayed one, decoded: for gRPC Infer)."""
-        if self.relayed is None:
-            return self
-        header, payload = self.relayed
-        message = agent_pb2.InferResponse.FromString(header)
-        return Answer(self.request_id, dataport.split_payload(message, payload),
-                      list(message.hops), message.exited_at_stage)
+# A model has a few hundred layers at most, so a few stages; these bound what a route may
+# claim so that forwarding to stage + 1 always fits the wire's int32.
+MAX_STAGES = 4096
+MAX_NEXT_HOPS = 64
 
 
-def relay(request_id: int, mine: agent_pb2.HopTiming, answer: Relayed) -> Answer:
-    """The next hop's answer passed on without decoding it: its header bytes with this
-    hop's timing in front and our sender's request id behind. Protobuf merges concatenated
-    messages (repeated fields append, the last scalar wins), so the result parses as the
-    same answer with hops [mine, *theirs] and our request id."""
-    if request_id == 0:   # proto3 would not write a zero id, so theirs would stay
-        return Answer(request_id, dataport.split_payload(answer.message, answer.payload),
-                      [mine, *answer.message.hops], answer.message.exited_at_stage)
-    header = b"".join([agent_pb2.InferResponse(hops=[mine]).SerializeToString(), answer.header,
-                       agent_pb2.InferResponse(request_id=request_id).SerializeToString()])
-    return Answer(request_id, relayed=(header, answer.payload))
-
-
-def failed(request_id: int, exc: Exception, device_id: str) -> Answer:
-    """The answer for a request that raised: its status, or INTERNAL naming this agent."""
-    if isinstance(exc, HopError):
-        return Answer(request_id, code=exc.code, message=exc.message)
-    if isinstance(exc, StoreError):
-        return Answer(request_id, code=STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL),
-                      message=str(exc))
-    log.error("request %d failed", request_id, exc_info=exc)
-    return Answer(request_id, code=grpc.StatusCode.INTERNAL,
-                  message=f"{device_id}: internal error: {exc}")
-
-
-class Ticket:
-    """A request this agent forwarded, waiting for the next hop's answer.
-
-    `reply` is called exactly once: with the first good answer (a hedged request's other
-    copies are then cancelled), or with the first error once every copy has failed. A
-    cancelled ticket never replies. Answers arrive on the links' reader threads.
-    """
-
-    def __init__(self, request_id: int, mine: agent_pb2.HopTiming, copies: int,
-                 reply: Callable[[Answer], None]) -> None:
-        self.request_id = request_id
-        self.mine = mine
-        self.expected = copies
-        self.reply = reply
-        self.sent_at = time.perf_counter()
-        self.copies: list[tuple[Link, object]] = []   # (link, its handle for the copy)
-        self._errors: list[HopError] = []
-        self._lock = threading.Lock()
-        self.done = False
-
-    def sent(self, link: Link, handle: object) -> None:
-        with self._lock:
-            self.copies.append((link, handle))
-            late = self.done
-        if late:   # a twin already answered
-            link.cancel(handle)
-
-    def answered(self, result: Reply | Relayed | HopError) -> None:
-        with self._lock:
-            if self.done:
-                return
-            if isinstance(result, HopError):
-                self._errors.append(result)
-                if len(self._errors) < self.expected:
-                    return
-                first = self._errors[0]
-                answer = Answer(self.request_id, code=first.code, message=first.message)
-            elif isinstance(result, Relayed):
-                self.mine.forward_s = time.perf_counter() - self.sent_at
-                answer = relay(self.request_id, self.mine, result)
-            else:
-                self.mine.forward_s = time.perf_counter() - self.sent_at
-                answer = Answer(self.request_id, result.outputs, [self.mine, *result.hops],
-                                result.exited_at_stage)
-            self.done = True
-            others = list(self.copies)
-        for link, handle in others:   # the hedged twins still running
-            link.cancel(handle)
-        self.reply(answer)
-
-    def cancel(self) -> None:
-        """The sender gave up: drop every copy downstream, answer nothing."""
-        with self._lock:
-            if self.done:
-                return
-            self.done = True
-            copies = list(self.copies)
-        for link, handle in copies:
-            link.cancel(handle)
+def check_route(route: agent_pb2.Route) -> None:
+    """A route as SetRoute may accept it, or InvalidArgument saying what is wrong."""
+    names.check_route(route.deployment)
+    names.check_digest(route.shard_sha256)
+    if not 0 <= route.stage < MAX_STAGES:
+        raise InvalidArgument(f"stage {route.stage} is out of range: stages are "
+                              f"0..{MAX_STAGES - 1}")
+    if len(route.next_hops) > MAX_NEXT_HOPS:
+        raise InvalidArgument(f"{len(route.next_hops)} next hops: at most {MAX_NEXT_HOPS}")
+    for address in route.next_hops:
+        try:
+            transport.check_address(address)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+    if not 0 <= route.hedge_k <= MAX_NEXT_HOPS:
+        raise InvalidArgument(f"hedge_k {route.hedge_k} is out of range 0..{MAX_NEXT_HOPS}")
+    if route.exit.enabled and not math.isfinite(route.exit.threshold):
+        raise InvalidArgument(f"exit threshold {route.exit.threshold} is not a number")
 
 
 class Compute:
@@ -182,18 +82,24 @@ class Compute:
         self._lock = threading.Lock()
         self._idle: dict[str, list[ShardRunner]] = {}
         self.delay_s = 0.0  # SetFaults: a deliberately slow device, for tests
+        self.runs = 0       # shards run so far (tests count them)
 
-    def run(self, sha256: str, inputs: Mapping[str, np.ndarray]
+    def run(self, sha256: str, inputs: Mapping[str, np.ndarray],
+            still_wanted: Callable[[], None] = lambda: None
             ) -> tuple[dict[str, np.ndarray], float, float]:
-        """(outputs, seconds waiting for a slot, seconds computing)."""
+        """(outputs, seconds waiting for a slot, seconds computing). `still_wanted` is
+        called once a slot is free, just before the shard runs: it raises to drop a request
+        that was cancelled or passed its deadline while it waited."""
         queued = time.perf_counter()
         with self._slots:
+            still_wanted()
             started = time.perf_counter()
             runner = self._take(sha256)
             try:
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 outputs = runner.run(inputs)
+                self.runs += 1
             finally:
                 self._give(sha256, runner)
         return outputs, started - queued, time.perf_counter() - started
@@ -216,7 +122,7 @@ class Compute:
             self._idle.pop(sha256, None)
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Pipeline:
@@ -233,9 +139,13 @@ class Pipeline:
         self.use_data_ports = use_data_ports   # reach next hops on their data ports
         self.routes: dict[tuple[str, int], agent_pb2.Route] = {}
         self.contracts: dict[str, ShardRunner] = {}  # for checking inputs before a slot
-        self.hops: dict[str, Link] = {}   # next-hop address -> its connection, made on use
-        self._hops_lock = threading.Lock()
-        self.loop: asyncio.AbstractEventLoop | None = None   # the agent's; set by start()
+        self.timers = Timers()
+        self.hops: NextHops | None = None   # made by start(), on the agent's event loop
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Next hops connect on `loop` (the agent's)."""
+        self.hops = NextHops(loop, self.timers, use_data_ports=self.use_data_ports,
+                             chunk_bytes=self.chunk_bytes)
 
     # -- routes -------------------------------------------------------------------------
 
@@ -253,27 +163,22 @@ class Pipeline:
             route = json_format.ParseDict(item, agent_pb2.Route())
             try:
                 self.set_route(route, persist=False)
-            except Exception as exc:
+            except Exception as exc:   # a shard gone, a rule tightened: serve the rest
                 log.error("dropping saved route %s/%d: %s", route.deployment, route.stage, exc)
         self._persist()
 
     def _persist(self) -> None:
         data = [json_format.MessageToDict(r, preserving_proto_field_name=True)
                 for r in self.routes.values()]
-        fd, tmp = tempfile.mkstemp(prefix=".routes-", dir=self.state_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_dir / ROUTES_FILE)
+        files.write_atomic(self.state_dir / ROUTES_FILE, json.dumps(data).encode())
 
     def set_route(self, route: agent_pb2.Route, *, persist: bool = True) -> None:
-        if not route.deployment:
-            raise ValueError("a route needs a deployment name")
+        check_route(route)
         runner = ShardRunner(self.store.load(route.shard_sha256), num_threads=1)
         if route.exit.enabled and route.exit.output_name not in {c.name for c in runner.outputs}:
-            raise ValueError(f"exit output {route.exit.output_name!r} is not an output of shard "
-                             f"{route.shard_sha256[:12]}: {[c.name for c in runner.outputs]}")
+            raise InvalidArgument(f"exit output {route.exit.output_name!r} is not an output of "
+                                  f"shard {route.shard_sha256[:12]}: "
+                                  f"{[c.name for c in runner.outputs]}")
         self.contracts[route.shard_sha256] = runner
         self.routes[(route.deployment, route.stage)] = route
         if persist:
@@ -281,16 +186,16 @@ class Pipeline:
 
     def remove_route(self, deployment: str, stage: int) -> None:
         if self.routes.pop((deployment, stage), None) is None:
-            raise KeyError(f"no route for deployment {deployment!r} stage {stage} here")
+            raise NotFound(f"no route for deployment {names.quoted(deployment)} stage {stage} "
+                           f"here")
         self._persist()
 
     def route(self, deployment: str, stage: int) -> agent_pb2.Route:
         route = self.routes.get((deployment, stage))
         if route is None:
             known = sorted(f"{d}/{s}" for d, s in self.routes)
-            raise HopError(grpc.StatusCode.NOT_FOUND,
-                           f"deployment {deployment!r} stage {stage} is not routed on "
-                           f"{self.device_id} (routes here: {', '.join(known) or 'none'})")
+            raise NotFound(f"deployment {names.quoted(deployment)} stage {stage} is not routed "
+                           f"on {self.device_id} (routes here: {', '.join(known) or 'none'})")
         return route
 
     def uses(self, sha256: str) -> list[str]:
@@ -299,24 +204,33 @@ class Pipeline:
     # -- requests -----------------------------------------------------------------------
 
     def handle(self, request_id: int, deployment: str, stage: int,
-               inputs: Mapping[str, np.ndarray], reply: Callable[[Answer], None]
+               inputs: Mapping[str, np.ndarray], reply: Callable[[Answer], None], *,
+               deadline: float, still_wanted: Callable[[], None] = lambda: None
                ) -> Ticket | None:
         """Run this agent's stage in the calling thread and see the request through.
 
         `reply` gets the answer exactly once: from this thread (last stage, exit, error) or,
-        when the request went on to a next hop, from that link's reader thread. Returns the
-        Ticket of a forwarded request (to cancel it), else None.
+        when the request went on to a next hop, from that hop's answer. Returns the Ticket
+        of a forwarded request (to cancel it), else None. `deadline` is monotonic time;
+        `still_wanted` raises when the request was cancelled (see Compute.run).
         """
         try:
             route = self.route(deployment, stage)
             try:
                 self.contracts[route.shard_sha256].check(inputs)
-            except ShardInputError as exc:
-                raise HopError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{deployment} stage {stage} on {self.device_id}: {exc}") from None
-            outputs, queue_s, compute_s = self.compute.run(route.shard_sha256, inputs)
-        except Exception as exc:
-            reply(failed(request_id, exc, self.device_id))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"{deployment} stage {stage} on {self.device_id}: "
+                                      f"{exc}") from None
+
+            def wanted() -> None:
+                still_wanted()
+                if time.monotonic() > deadline:
+                    raise DeadlineExceeded(f"{deployment} stage {stage} on {self.device_id}: "
+                                           f"the request's deadline passed before it ran")
+
+            outputs, queue_s, compute_s = self.compute.run(route.shard_sha256, inputs, wanted)
+        except Exception as exc:   # its failure is its answer; the others carry on
+            reply(answers.failure(request_id, exc, self.device_id))
             return None
         if self.on_inference is not None:
             self.on_inference(route.shard_sha256, compute_s)
@@ -324,43 +238,22 @@ class Pipeline:
                                    compute_s=compute_s)
         if route.exit.enabled and float(np.max(outputs[route.exit.output_name])) >= \
                 route.exit.threshold:
-            reply(Answer(request_id, outputs, [mine], exited_at_stage=stage))
+            reply(Outputs(request_id, outputs, [mine], exited_at_stage=stage))
             return None
         if not route.next_hops:
-            reply(Answer(request_id, outputs, [mine]))
+            reply(Outputs(request_id, outputs, [mine]))
             return None
-        try:
-            hops = [self.hop(address) for address in route.next_hops]
-        except HopError as exc:
-            reply(failed(request_id, exc, self.device_id))
-            return None
-        if route.replica_mode == agent_pb2.HEDGED and len(hops) > 1:
-            k = max(2, min(route.hedge_k or 2, len(hops)))
-            chosen = sorted(hops, key=lambda h: h.outstanding)[:k]
-        else:
-            chosen = [min(hops, key=lambda h: h.outstanding)]
-        ticket = Ticket(request_id, mine, len(chosen), reply)
-        for link in chosen:
-            try:
-                link.send(route.deployment, stage + 1, outputs, ticket)
-            except HopError as exc:
-                ticket.answered(exc)
+        assert self.hops is not None, "Pipeline.start() runs when the agent starts"
+        hedged = route.replica_mode == agent_pb2.HEDGED and len(route.next_hops) > 1
+        ticket = Ticket(self.hops, request_id, mine, deployment=route.deployment,
+                        stage=stage + 1, outputs=outputs, replicas=route.next_hops,
+                        hedge_k=max(2, route.hedge_k or 2) if hedged else 1,
+                        deadline=deadline, reply=reply)
+        ticket.start()
         return ticket
 
-    def hop(self, address: str) -> Link:
-        """The connection to a next hop, opened (or reopened, if it broke) on first use."""
-        with self._hops_lock:
-            link = self.hops.get(address)
-            if link is None or not link.alive:
-                assert self.loop is not None, "Pipeline.loop is set when the agent starts"
-                link = self.hops[address] = open_link(
-                    address, self.loop, use_data_port=self.use_data_ports,
-                    chunk_bytes=self.chunk_bytes)
-            return link
-
     async def close(self) -> None:
-        with self._hops_lock:
-            links, self.hops = list(self.hops.values()), {}
-        for link in links:
-            await link.close()
+        if self.hops is not None:
+            await asyncio.to_thread(self.hops.close)
+        self.timers.close()
         self.compute.shutdown()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from layerfleet.agent.errors import InvalidArgument
 
 # Preference order: the maintained LiteRT wheel, the dead-upstream legacy one, then TF.
 _BACKENDS: tuple[tuple[str, str], ...] = (
@@ -26,7 +27,7 @@ class RuntimeUnavailable(RuntimeError):
     """No LiteRT interpreter is installed."""
 
 
-class ShardInputError(ValueError):
+class ShardInputError(InvalidArgument):
     """Inputs that do not match the shard's contract; the message names expected and received."""
 
 

@@ -1,32 +1,46 @@
 """The Agent gRPC servicer: decode, call the store or the pipeline, encode.
 
-Errors become statuses a person can act on (INVALID_ARGUMENT names expected and received,
-NOT_FOUND, DATA_LOSS, UNAVAILABLE naming the hop, RESOURCE_EXHAUSTED), and never end the
-agent. On the Infer stream a failed request is answered with its own status fields, so the
-other requests on the same stream carry on.
+Errors are StatusErrors (errors.py) and become their status here, with a message a person
+can act on; nothing ends the agent. On the Infer stream a failed request is answered with
+its own status fields, so the other requests on the same stream carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import os
 import platform
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import grpc
 import psutil
 from layerfleet import __version__
-from layerfleet.agent import runtime, tensors, wire
+from layerfleet.agent import answers, runtime, tensors, transport, wire
+from layerfleet.agent.answers import Answer, Failure
+from layerfleet.agent.budget import Budget
 from layerfleet.agent.energy import board_name
-from layerfleet.agent.pipeline import STORE_STATUS, Answer, Pipeline
+from layerfleet.agent.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    StatusError,
+)
+from layerfleet.agent.pipeline import Pipeline
 from layerfleet.agent.session import Session
-from layerfleet.agent.store import ShardStore, StoreError
+from layerfleet.agent.store import ShardStore
 from layerfleet.agent.telemetry import Telemetry
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc, tensor_pb2
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# A sender that stops halfway through an upload or a chunked request is cut off after
+# this long without a chunk, and what it had sent is released.
+STALL_S = 10.0
 
 
 def _specs(contracts: tuple[runtime.TensorContract, ...]) -> list[tensor_pb2.TensorSpec]:
@@ -44,21 +58,66 @@ def runtime_label() -> str:
         return name
 
 
+def _statuses(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A unary RPC whose StatusErrors become its status."""
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except StatusError as exc:
+            await context.abort(exc.code, exc.message)
+        raise AssertionError("unreachable")
+    return wrapper
+
+
+class _Inbox(Generic[T]):
+    """A client stream's messages, read by one task and taken with an optional timeout
+    (waiting on a queue can time out safely; a gRPC read cannot be abandoned halfway)."""
+
+    _END: Any = object()
+
+    def __init__(self, iterator: AsyncIterator[T]) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)
+        self._ended = False
+        self._task = asyncio.create_task(self._pump(iterator))
+
+    async def _pump(self, iterator: AsyncIterator[T]) -> None:
+        try:
+            async for message in iterator:
+                await self._queue.put(message)
+        except grpc.RpcError:
+            pass   # the sender went away: the end of its stream
+        finally:
+            self._ended = True
+            if not self._queue.full():   # (when full, next() sees _ended once it empties)
+                self._queue.put_nowait(self._END)
+
+    async def next(self, timeout_s: float | None = None) -> T:
+        """The next message; StopAsyncIteration at the end, TimeoutError past `timeout_s`."""
+        if self._ended and self._queue.empty():
+            raise StopAsyncIteration
+        message = await asyncio.wait_for(self._queue.get(), timeout_s)
+        if message is self._END:
+            raise StopAsyncIteration
+        return message
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
 class AgentService(agent_pb2_grpc.AgentServicer):
     def __init__(self, store: ShardStore, pipeline: Pipeline, telemetry: Telemetry, *,
-                 device_id: str, address: str, allow_faults: bool = False,
+                 device_id: str, address: str, budget: Budget, allow_faults: bool = False,
                  data_port: int = 0, max_request_bytes: int | None = None) -> None:
         self.store = store
         self.pipeline = pipeline
         self.telemetry = telemetry
         self.device_id = device_id
         self.address = address
+        self.budget = budget
         self.allow_faults = allow_faults
         self.data_port = data_port
         self.max_request_bytes = max_request_bytes
-
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: StoreError) -> None:
-        await context.abort(STORE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
 
     # -- description ----------------------------------------------------------------------
 
@@ -76,33 +135,50 @@ class AgentService(agent_pb2_grpc.AgentServicer):
 
     # -- shards ---------------------------------------------------------------------------
 
+    @_statuses
     async def UploadShard(self, request_iterator: AsyncIterator[agent_pb2.ShardChunk],
                           context: grpc.aio.ServicerContext) -> agent_pb2.ShardInfo:
-        sha256, size, chunks, received = "", 0, [], 0
+        chunks = _Inbox(request_iterator)
         try:
-            async for chunk in request_iterator:
-                if not sha256:
-                    sha256, size = chunk.sha256, chunk.size_bytes
-                    self.store.reserve(sha256, size)  # refuse before receiving the bytes
-                received += len(chunk.data)
-                if received > size:
-                    raise _too_long(size)
-                if chunk.data:
-                    chunks.append(chunk.data)
-            if not sha256:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "empty upload: the first chunk must carry sha256 and size")
-            await asyncio.to_thread(self.store.put, sha256, size, chunks)
-            runner = runtime.ShardRunner(self.store.load(sha256), num_threads=1)
-        except StoreError as exc:
-            await self._abort(context, exc)
-        except ValueError as exc:  # not a flatbuffer LiteRT can load
-            self.store.remove(sha256)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"shard {sha256[:12]} is not a loadable LiteRT model: {exc}")
-        return agent_pb2.ShardInfo(sha256=sha256, size_bytes=size, inputs=_specs(runner.inputs),
-                                   outputs=_specs(runner.outputs))
+            return await self._upload(chunks)
+        finally:
+            chunks.close()
 
+    async def _upload(self, chunks: _Inbox[agent_pb2.ShardChunk]) -> agent_pb2.ShardInfo:
+        try:
+            first = await chunks.next(STALL_S)
+        except StopAsyncIteration:
+            raise InvalidArgument("empty upload: the first chunk must carry sha256 and "
+                                  "size") from None
+        except TimeoutError:
+            raise DeadlineExceeded(f"upload sent nothing for {STALL_S:.0f} s") from None
+        upload = self.store.upload(first.sha256, first.size_bytes)  # refused before the bytes
+        try:
+            chunk = first
+            while True:
+                if chunk.data:
+                    await asyncio.to_thread(upload.write, chunk.data)
+                try:
+                    chunk = await chunks.next(STALL_S)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise DeadlineExceeded(f"upload of shard {first.sha256[:12]} stalled: no "
+                                           f"chunk for {STALL_S:.0f} s after {upload.received} "
+                                           f"of {upload.size} bytes; nothing stored") from None
+            await asyncio.to_thread(upload.commit)
+        finally:
+            upload.discard()
+        try:
+            runner = runtime.ShardRunner(self.store.load(first.sha256), num_threads=1)
+        except ValueError as exc:  # not a flatbuffer LiteRT can load
+            self.store.remove(first.sha256)
+            raise InvalidArgument(f"shard {first.sha256[:12]} is not a loadable LiteRT model: "
+                                  f"{exc}") from None
+        return agent_pb2.ShardInfo(sha256=first.sha256, size_bytes=first.size_bytes,
+                                   inputs=_specs(runner.inputs), outputs=_specs(runner.outputs))
+
+    @_statuses
     async def ListShards(self, request: agent_pb2.ListShardsRequest,
                          context: grpc.aio.ServicerContext) -> agent_pb2.ListShardsReply:
         shards = [agent_pb2.ShardInfo(sha256=d, size_bytes=self.store.path(d).stat().st_size)
@@ -110,38 +186,29 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         return agent_pb2.ListShardsReply(shards=shards, quota_bytes=self.store.quota_bytes,
                                          used_bytes=self.store.used_bytes())
 
+    @_statuses
     async def RemoveShard(self, request: agent_pb2.RemoveShardRequest,
                           context: grpc.aio.ServicerContext) -> agent_pb2.RemoveShardReply:
         users = self.pipeline.uses(request.sha256)
         if users:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"shard {request.sha256[:12]} is used by routes "
-                                f"{', '.join(users)}: remove those first")
-        try:
-            self.store.remove(request.sha256)
-        except StoreError as exc:
-            await self._abort(context, exc)
+            raise FailedPrecondition(f"shard {request.sha256[:12]} is used by routes "
+                                     f"{', '.join(users)}: remove those first")
+        self.store.remove(request.sha256)
         self.pipeline.compute.forget(request.sha256)
         return agent_pb2.RemoveShardReply()
 
     # -- routes ---------------------------------------------------------------------------
 
+    @_statuses
     async def SetRoute(self, request: agent_pb2.Route,
                        context: grpc.aio.ServicerContext) -> agent_pb2.RouteAck:
-        try:
-            self.pipeline.set_route(request)
-        except StoreError as exc:
-            await self._abort(context, exc)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.pipeline.set_route(request)
         return agent_pb2.RouteAck()
 
+    @_statuses
     async def RemoveRoute(self, request: agent_pb2.RemoveRouteRequest,
                           context: grpc.aio.ServicerContext) -> agent_pb2.RouteAck:
-        try:
-            self.pipeline.remove_route(request.deployment, request.stage)
-        except KeyError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        self.pipeline.remove_route(request.deployment, request.stage)
         return agent_pb2.RouteAck()
 
     async def ListRoutes(self, request: agent_pb2.ListRoutesRequest,
@@ -156,42 +223,58 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         loop = asyncio.get_running_loop()
 
         def enqueue(answer: Answer) -> None:
-            answer = answer.decoded()
-            for message in wire.responses(answer.request_id, answer.outputs, answer.hops,
-                                          exited_at_stage=answer.exited_at_stage,
-                                          status_code=answer.code.value[0],
-                                          status_message=answer.message):
+            result = answers.decoded(answer)
+            if isinstance(result, Failure):
+                outbox.put_nowait(answers.header(result))
+                return
+            for message in wire.responses(result.request_id, result.outputs, result.hops,
+                                          exited_at_stage=result.exited_at_stage):
                 outbox.put_nowait(message)
 
-        # Answers come from worker and link threads; the stream is the loop's.
-        session = Session(self.pipeline, lambda a: loop.call_soon_threadsafe(enqueue, a))
+        # Answers come from worker and next-hop threads; the stream is the loop's.
+        session = Session(self.pipeline, lambda a: loop.call_soon_threadsafe(enqueue, a),
+                          budget=self.budget)
         assembler = wire.Assembler(self.max_request_bytes)
 
+        def take(message: agent_pb2.InferRequest) -> None:
+            if message.cancel:
+                assembler.drop(message.request_id)
+                session.cancel(message.request_id)
+                return
+            try:   # a request that cannot be read fails alone; its other chunks skipped
+                done = assembler.add(message)
+            except StatusError as exc:
+                session.refuse(message.request_id, exc)
+                return
+            except Exception:   # a bug must not end the stream for the others
+                log.exception("could not read request %d", message.request_id)
+                session.refuse(message.request_id, StatusError(
+                    grpc.StatusCode.INTERNAL, "could not read this request; see the agent's "
+                                              "log"))
+                return
+            if done is not None:
+                first, inputs = done
+                session.submit(message.request_id, first.deployment, first.stage, inputs,
+                               timeout_s=first.timeout_s)
+
         async def read() -> None:
+            messages = _Inbox(request_iterator)
             try:
-                async for message in request_iterator:
-                    if message.cancel:
-                        assembler.drop(message.request_id)
-                        session.cancel(message.request_id)
+                while True:
+                    try:   # while a chunked request is half here, wait only so long
+                        message = await messages.next(STALL_S if assembler.pending else None)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        for request_id in assembler.expire(STALL_S):
+                            session.refuse(request_id, DeadlineExceeded(
+                                f"request {request_id} stalled: no chunk for {STALL_S:.0f} s"))
                         continue
-                    try:
-                        done = assembler.add(message)
-                    except wire.RequestTooLarge as exc:   # its other chunks are skipped
-                        session.refuse(message.request_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       str(exc))
-                        continue
-                    except tensors.TensorError as exc:
-                        assembler.drop(message.request_id)
-                        session.refuse(message.request_id, grpc.StatusCode.INVALID_ARGUMENT,
-                                       str(exc))
-                        continue
-                    if done is not None:
-                        first, inputs = done
-                        session.submit(message.request_id, first.deployment, first.stage,
-                                       inputs)
+                    take(message)
                 while not await asyncio.to_thread(session.wait_idle, 1.0):
                     pass
             finally:
+                messages.close()
                 outbox.put_nowait(None)
 
         reader = asyncio.create_task(read())
@@ -222,7 +305,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
     async def Telemetry(self, request: agent_pb2.TelemetryRequest,
                         context: grpc.aio.ServicerContext
                         ) -> AsyncIterator[agent_pb2.TelemetrySample]:
-        interval = max(request.interval_s or 1.0, 0.1)
+        interval = request.interval_s if math.isfinite(request.interval_s) else 0.0
+        interval = min(max(interval or 1.0, 0.1), 3600.0)
         while True:
             yield self.sample()
             await asyncio.sleep(interval)
@@ -242,20 +326,23 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         async for blob in request_iterator:
             yield blob
 
+    @_statuses
     async def MeasureLink(self, request: agent_pb2.MeasureLinkRequest,
                           context: grpc.aio.ServicerContext) -> agent_pb2.LinkReply:
-        from layerfleet.agent.client import AgentClient, AgentError, probe_link
+        from layerfleet.agent.client import AgentClient, probe_link
 
-        if not request.address:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "MeasureLink needs an address")
+        try:
+            transport.check_address(request.address)
+        except ValueError as exc:
+            raise InvalidArgument(f"MeasureLink: {exc}") from None
         nbytes = min(max(request.bytes or (4 << 20), 1 << 10), 64 << 20)
         try:
             async with AgentClient(request.address, timeout_s=30) as other:
                 bandwidth, rtt = await probe_link(other, nbytes)
-        except AgentError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"{self.device_id} cannot reach {request.address}: "
-                                f"{exc.message}")
+        except StatusError as exc:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE,
+                              f"{self.device_id} cannot reach {request.address}: "
+                              f"{exc.message}") from None
         return agent_pb2.LinkReply(bandwidth_bytes_per_s=bandwidth, rtt_s=rtt)
 
     async def SetFaults(self, request: agent_pb2.Faults,
@@ -263,13 +350,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         if not self.allow_faults:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "fault injection is off: start the agent with --allow-faults")
-        if request.delay_ms < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "delay_ms must be >= 0")
+        if not 0 <= request.delay_ms <= 3_600_000:   # also refuses NaN
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "delay_ms must be 0..3600000")
         self.pipeline.compute.delay_s = request.delay_ms / 1000
         return request
-
-
-def _too_long(size: int) -> StoreError:
-    from layerfleet.agent.store import DigestMismatch
-
-    return DigestMismatch(f"upload longer than the declared {size} bytes; nothing stored")

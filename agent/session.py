@@ -1,63 +1,110 @@
 """One upstream sender's requests: an Infer stream (gRPC) or a data-port connection.
 
 Each request runs through the pipeline (pipeline.handle) and its answer (outputs and hop
-timings, or a status a person can act on) goes back through `send`. A cancel from the
-sender drops the request (a hedged twin answered first). Both transports share this, so a
-request behaves the same whichever way it arrived, and a failed request never disturbs
-the others on its stream. Thread-safe: answers arrive on whichever thread finished them.
+timings, or a status a person can act on) goes back through `send`, exactly once. A cancel
+from the sender drops the request: not yet run, it never runs (checked once a compute slot
+is free); forwarded, its copies downstream are cancelled. Both doors share this, so a
+request behaves the same whichever way it arrived, and a failed request never disturbs the
+others on its connection. Thread-safe: answers arrive on whichever thread finished them.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-import grpc
 import numpy as np
-from layerfleet.agent.pipeline import Answer, Pipeline, Ticket
+from layerfleet.agent.answers import Answer, Failure
+from layerfleet.agent.budget import Budget
+from layerfleet.agent.errors import Cancelled, StatusError
+from layerfleet.agent.nexthops import Ticket
+from layerfleet.agent.pipeline import Pipeline
 
-_WORKING = None   # a request still running its stage here (no ticket yet)
+# What a request may take when its sender sets no timeout (InferRequest.timeout_s = 0).
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(slots=True)
+class _Request:
+    held_bytes: int                 # reserved in the agent's budget until answered
+    ticket: Ticket | None = None    # set once it went on to a next hop
 
 
 class Session:
     def __init__(self, pipeline: Pipeline, send: Callable[[Answer], None], *,
-                 inline: bool = False) -> None:
+                 budget: Budget | None = None, inline: bool = False,
+                 default_timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         """`inline`: run each request's stage in the thread that submits it (a data-port
         connection's own thread); otherwise in the pipeline's worker pool (gRPC Infer,
         whose requests arrive on the event loop)."""
         self.pipeline = pipeline
         self._send = send
+        self._budget = budget
         self._inline = inline
+        self._default_timeout_s = default_timeout_s
         self._changed = threading.Condition()
-        self._requests: dict[int, Ticket | None] = {}
+        self._requests: dict[int, _Request] = {}
 
     @property
     def busy(self) -> bool:
         return bool(self._requests)
 
     def submit(self, request_id: int, deployment: str, stage: int,
-               inputs: Mapping[str, np.ndarray]) -> None:
+               inputs: Mapping[str, np.ndarray], *, timeout_s: float = 0.0,
+               held_bytes: int = 0) -> None:
+        """Run a request. `held_bytes` were already reserved in the budget for it (the data
+        port reserves while receiving); otherwise its inputs are reserved here."""
+        deadline = time.monotonic() + (timeout_s if timeout_s > 0 else self._default_timeout_s)
+        if not held_bytes and self._budget is not None:
+            size = sum(a.nbytes for a in inputs.values())
+            try:
+                self._budget.take(size)
+            except StatusError as exc:
+                self._send(Failure(request_id, exc.code,
+                                   f"{self.pipeline.device_id}: {exc.message}"))
+                return
+            held_bytes = size
         with self._changed:
-            self._requests[request_id] = _WORKING
+            self._requests[request_id] = _Request(held_bytes)
+
+        def still_wanted() -> None:
+            if request_id not in self._requests:
+                raise Cancelled(f"request {request_id} was cancelled by its sender")
+
         if self._inline:
-            self._working(request_id, self.pipeline.handle(
-                request_id, deployment, stage, inputs, self._answer))
+            self._forwarded(request_id, self.pipeline.handle(
+                request_id, deployment, stage, inputs, self._answer, deadline=deadline,
+                still_wanted=still_wanted))
         else:
             self.pipeline.compute.pool.submit(
-                self.pipeline.handle, request_id, deployment, stage, inputs, self._answer
-            ).add_done_callback(lambda run: self._working(request_id, run.result()))
+                self._run_pooled, request_id, deployment, stage, inputs, deadline,
+                still_wanted)
 
-    def refuse(self, request_id: int, code: grpc.StatusCode, message: str) -> None:
+    def _run_pooled(self, request_id: int, deployment: str, stage: int,
+                    inputs: Mapping[str, np.ndarray], deadline: float,
+                    still_wanted: Callable[[], None]) -> None:
+        if request_id not in self._requests:
+            return   # cancelled while it queued for a worker
+        self._forwarded(request_id, self.pipeline.handle(
+            request_id, deployment, stage, inputs, self._answer, deadline=deadline,
+            still_wanted=still_wanted))
+
+    def refuse(self, request_id: int, error: StatusError) -> None:
         """Answer a request that could not even be read."""
-        self._send(Answer(request_id, code=code,
-                          message=f"{self.pipeline.device_id}: {message}"))
+        self._send(Failure(request_id, error.code,
+                           f"{self.pipeline.device_id}: {error.message}"))
 
     def cancel(self, request_id: int) -> None:
         with self._changed:
-            ticket = self._requests.pop(request_id, _WORKING)
+            request = self._requests.pop(request_id, None)
             self._changed.notify_all()
-        if ticket is not None:
-            ticket.cancel()
+        if request is None:
+            return
+        self._release(request)
+        if request.ticket is not None:
+            request.ticket.cancel()
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until every request submitted so far has been answered (or timeout)."""
@@ -67,27 +114,35 @@ class Session:
     def close(self) -> None:
         """The sender is gone: drop its work."""
         with self._changed:
-            tickets = [t for t in self._requests.values() if t is not None]
+            requests = list(self._requests.values())
             self._requests.clear()
             self._changed.notify_all()
-        for ticket in tickets:
-            ticket.cancel()
+        for request in requests:
+            self._release(request)
+            if request.ticket is not None:
+                request.ticket.cancel()
 
-    def _working(self, request_id: int, ticket: Ticket | None) -> None:
+    def _forwarded(self, request_id: int, ticket: Ticket | None) -> None:
         """The stage ran; a forwarded request now waits on `ticket`."""
         if ticket is None:
             return
         with self._changed:
-            waiting = self._requests.get(request_id, ticket) is _WORKING
-            if waiting:
-                self._requests[request_id] = ticket
-        if not waiting:
+            request = self._requests.get(request_id)
+            if request is not None:
+                request.ticket = ticket
+        if request is None:
             ticket.cancel()   # cancelled while it ran (a no-op if it was answered)
 
     def _answer(self, answer: Answer) -> None:
         with self._changed:
-            if answer.request_id not in self._requests:
-                return   # cancelled meanwhile
-            del self._requests[answer.request_id]
+            request = self._requests.pop(answer.request_id, None)
             self._changed.notify_all()
+        if request is None:
+            return   # cancelled meanwhile
+        self._release(request)
         self._send(answer)
+
+    def _release(self, request: _Request) -> None:
+        if self._budget is not None and request.held_bytes:
+            self._budget.give(request.held_bytes)
+            request.held_bytes = 0

@@ -11,47 +11,39 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 
+from layerfleet.agent import files, names
+from layerfleet.agent.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+
 log = logging.getLogger(__name__)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_QUOTA = 1 << 30
 
 
-class StoreError(Exception):
-    """Base: `kind` maps to a gRPC status in the servicer."""
-
-    kind = "internal"
+class DigestMismatch(DataLoss):
+    """Bytes that are not what their digest says."""
 
 
-class DigestMismatch(StoreError):
-    kind = "data_loss"
+class QuotaExceeded(ResourceExhausted):
+    """A shard that does not fit the store's quota."""
 
 
-class QuotaExceeded(StoreError):
-    kind = "resource_exhausted"
+class UnknownShard(NotFound):
+    """A shard this agent does not hold."""
 
 
-class UnknownShard(StoreError):
-    kind = "not_found"
-
-
-class BadRequest(StoreError):
-    kind = "invalid_argument"
+class BadRequest(InvalidArgument):
+    """An upload that cannot be a shard."""
 
 
 def check_digest(sha256: str) -> str:
-    if not _SHA256.match(sha256 or ""):
-        raise BadRequest(f"shard digest {sha256!r} is not 64 lower-case hex characters")
-    return sha256
+    return names.check_digest(sha256)
 
 
 class ShardStore:
     def __init__(self, root: Path, quota_bytes: int = DEFAULT_QUOTA) -> None:
-        self.root = Path(root) / "shards"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = files.private_dir(Path(root) / "shards")
         self.quota_bytes = quota_bytes
         for stale in self.root.glob(".upload-*"):  # a crash mid-upload
             stale.unlink(missing_ok=True)
@@ -82,33 +74,19 @@ class ShardStore:
 
     def put(self, sha256: str, size: int, chunks: list[bytes]) -> Path:
         """Write the received chunks as shard `sha256` if they are exactly it."""
-        self.reserve(sha256, size)
-        target = self.path(sha256)
-        received = sum(len(c) for c in chunks)
-        if received != size:
-            raise DigestMismatch(f"upload truncated: {received} of {size} bytes arrived; "
-                                 f"nothing stored")
-        digest = hashlib.sha256()
-        for chunk in chunks:
-            digest.update(chunk)
-        if digest.hexdigest() != sha256:
-            raise DigestMismatch(f"upload corrupt: content hashes to "
-                                 f"{digest.hexdigest()[:12]}..., declared {sha256[:12]}...; "
-                                 f"nothing stored")
-        if target.exists():
-            return target
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
+        upload = self.upload(sha256, size)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+            for chunk in chunks:
+                upload.write(chunk)
+            return upload.commit()
+        finally:
+            upload.discard()
+
+    def upload(self, sha256: str, size: int) -> Upload:
+        """A shard arriving in pieces, written to disk as they come (an upload holds no
+        memory however big the shard is); refused before any byte when it cannot fit."""
+        self.reserve(sha256, size)
+        return Upload(self, sha256, size)
 
     def load(self, sha256: str) -> bytes:
         """The shard's bytes, verified; a corrupt file is removed and reported."""
@@ -130,3 +108,47 @@ class ShardStore:
         if not path.exists():
             raise UnknownShard(f"shard {sha256[:12]} is not on this agent")
         path.unlink()
+
+
+class Upload:
+    """One shard being received: a temp file in the store's directory, hashed as it grows,
+    renamed into place only if it is exactly the declared bytes (`commit`); `discard`
+    removes whatever is left (always call it, in a finally)."""
+
+    def __init__(self, store: ShardStore, sha256: str, size: int) -> None:
+        self.store = store
+        self.sha256 = sha256
+        self.size = size
+        self.received = 0
+        self._digest = hashlib.sha256()
+        fd, self._tmp = tempfile.mkstemp(prefix=".upload-", dir=store.root)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.size:
+            raise DigestMismatch(f"upload longer than the declared {self.size} bytes; nothing "
+                                 f"stored")
+        self._digest.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> Path:
+        if self.received != self.size:
+            raise DigestMismatch(f"upload truncated: {self.received} of {self.size} bytes "
+                                 f"arrived; nothing stored")
+        if self._digest.hexdigest() != self.sha256:
+            raise DigestMismatch(f"upload corrupt: content hashes to "
+                                 f"{self._digest.hexdigest()[:12]}..., declared "
+                                 f"{self.sha256[:12]}...; nothing stored")
+        target = self.store.path(self.sha256)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if not target.exists():
+            os.replace(self._tmp, target)
+        return target
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+from layerfleet.agent.errors import InvalidArgument
 from layerfleet.v1 import tensor_pb2
 
 # Proto enum <-> numpy dtype. Little-endian everywhere: a Pi and an x86 VM agree.
@@ -32,7 +33,7 @@ assert set(_TO_NUMPY) == set(tensor_pb2.DType.values()) - {tensor_pb2.DTYPE_UNSP
 )
 
 
-class TensorError(ValueError):
+class TensorError(InvalidArgument):
     """A tensor that cannot be decoded or does not match its contract; the message says why."""
 
 
@@ -68,16 +69,47 @@ def wire_order(array: np.ndarray) -> tuple[int, np.ndarray]:
     return code, np.ascontiguousarray(arr)
 
 
-def layout(dtype: int, shape: tuple[int, ...], name: str = "") -> tuple[np.dtype, int]:
-    """(numpy dtype, byte count) of a wire tensor; TensorError for an unknown dtype or a
-    negative dimension."""
+# The most dimensions a tensor may have on the wire: every model we split stays under 8;
+# numpy itself stops at 64, and a rank it cannot build must be refused, not crash a reader.
+MAX_RANK = 16
+# LiteRT keeps dimensions as int32.
+MAX_DIM = (1 << 31) - 1
+# What one tensor may claim when its caller has no tighter limit (callers pass their
+# message or request limit): far above any activation, far below numpy's intp.
+MAX_TENSOR_BYTES = 1 << 40
+
+
+def layout(dtype: int, shape: tuple[int, ...] | list[int], name: str = "",
+           max_bytes: int = MAX_TENSOR_BYTES) -> tuple[np.dtype, int]:
+    """(numpy dtype, byte count) of a wire tensor, or TensorError saying why it cannot be
+    one: an unknown dtype, or a shape that check_shape refuses for `max_bytes`."""
     try:
         dt = numpy_dtype(dtype)
     except TensorError as exc:
         raise TensorError(f"tensor {name!r}: {exc}") from None
-    if any(d < 0 for d in shape):
-        raise TensorError(f"tensor {name!r}: negative dimension in shape {list(shape)}")
-    return dt, math.prod(shape) * dt.itemsize
+    return dt, check_shape(shape, dt.itemsize, max_bytes, name) * dt.itemsize
+
+
+def check_shape(shape: tuple[int, ...] | list[int], itemsize: int = 4,
+                max_bytes: int = MAX_TENSOR_BYTES, name: str = "") -> int:
+    """The number of elements in `shape`, or TensorError: a rank over MAX_RANK, a negative
+    or over-int32 dimension, or more than `max_bytes` at `itemsize` bytes an element.
+
+    The one checked conversion from a shape someone sent to a size: computed on Python
+    integers (no int64 wrap-around), with zero dimensions counted as one for the limit, so
+    a shape numpy could not reshape into (say [2**62, 2**62, 0]) is refused here instead
+    of failing later in a reader thread."""
+    shape = tuple(shape)
+    if len(shape) > MAX_RANK:
+        raise TensorError(f"tensor {name!r}: {len(shape)} dimensions, at most {MAX_RANK} "
+                          f"are allowed")
+    if any(d < 0 or d > MAX_DIM for d in shape):
+        raise TensorError(f"tensor {name!r}: every dimension must be 0..{MAX_DIM}, shape "
+                          f"is {list(shape)}")
+    if math.prod(max(d, 1) for d in shape) * itemsize > max_bytes:
+        raise TensorError(f"tensor {name!r}: shape {list(shape)} at {itemsize} bytes an "
+                          f"element is over the limit of {max_bytes} bytes")
+    return math.prod(shape)
 
 
 def encode(name: str, array: np.ndarray) -> tensor_pb2.Tensor:

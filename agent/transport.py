@@ -50,6 +50,16 @@ def is_loopback(address: str) -> bool:
             return False
 
 
+def check_address(address: str) -> str:
+    """`address` if it reads as HOST:PORT (IPv6 hosts in brackets), else ValueError."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if (not sep or not host or len(address) > 300 or not port.isdigit()
+            or not 0 < int(port) < 65536 or any(c.isspace() or c in "/@" for c in host)):
+        raise ValueError(f"address {address[:80]!r} is not HOST:PORT")
+    return address
+
+
 def add_port(server: grpc.aio.Server, address: str, *, insecure: bool) -> int:
     """Bind `address` (port 0 picks a free one) and return the port."""
     if not is_loopback(address) and not insecure:

@@ -8,11 +8,13 @@ common case - are one message and decode without a copy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from layerfleet.agent import tensors
+from layerfleet.agent.errors import ResourceExhausted
 from layerfleet.v1 import agent_pb2, tensor_pb2
 
 # Measured on loopback (bench/agent_latency.py, docs/agent.md): 1 MiB chunks move an
@@ -52,11 +54,12 @@ def split_tensors(encoded: list[tensor_pb2.Tensor], chunk_bytes: int
 
 
 def requests(request_id: int, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
-             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[agent_pb2.InferRequest]:
+             chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float = 0.0
+             ) -> Iterator[agent_pb2.InferRequest]:
     encoded = tensors.encode_many(arrays)
     for group, more in split_tensors(encoded, chunk_bytes):
         yield agent_pb2.InferRequest(request_id=request_id, deployment=deployment, stage=stage,
-                                     tensors=group, more=more)
+                                     tensors=group, more=more, timeout_s=timeout_s)
 
 
 def responses(request_id: int, arrays: Mapping[str, np.ndarray] | None,
@@ -76,7 +79,7 @@ def responses(request_id: int, arrays: Mapping[str, np.ndarray] | None,
                                       exited_at_stage=exited_at_stage)
 
 
-class RequestTooLarge(tensors.TensorError):
+class RequestTooLarge(ResourceExhausted):
     """A chunked request that grew past the agent's per-request limit."""
 
 
@@ -85,7 +88,9 @@ class _Partial:
     first: object
     parts: dict[str, list[bytes]] = field(default_factory=dict)
     meta: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
-    size: int = 0
+    size: int = 0        # bytes received so far
+    declared: int = 0    # bytes its tensors' shapes need
+    updated: float = field(default_factory=time.monotonic)   # its last chunk's arrival
 
 
 class Assembler:
@@ -107,12 +112,23 @@ class Assembler:
             if not message.more:
                 self._refused.discard(request_id)
             return None
-        partial = self._partial.get(request_id)
-        size = sum(len(t.data) for t in message.tensors) + (partial.size if partial else 0)
-        if self.max_bytes is not None and size > self.max_bytes:
+        try:
+            return self._add(message)
+        except (tensors.TensorError, RequestTooLarge):
+            # The request is refused as a whole: its later chunks are skipped, not read
+            # as a new request (which would answer its id twice).
             self._partial.pop(request_id, None)
             if message.more:
                 self._refused.add(request_id)
+            raise
+
+    def _add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse
+             ) -> tuple[object, dict[str, np.ndarray]] | None:
+        request_id = message.request_id
+        partial = self._partial.get(request_id)
+        size = sum(len(t.data) for t in message.tensors) + (partial.size if partial else 0)
+        limit = self.max_bytes if self.max_bytes is not None else tensors.MAX_TENSOR_BYTES
+        if size > limit:
             raise RequestTooLarge(f"request {request_id} carries more than {self.max_bytes} "
                                   f"bytes of tensors, this agent's limit per request "
                                   f"(--max-request-bytes)")
@@ -121,8 +137,17 @@ class Assembler:
         if partial is None:
             partial = self._partial[request_id] = _Partial(first=message)
         partial.size = size
+        partial.updated = time.monotonic()
         for t in message.tensors:
             if t.name not in partial.meta:
+                # Checked on its first chunk: a shape that cannot be, or that needs more
+                # than the limit, is refused before anything more of it is buffered.
+                _, nbytes = tensors.layout(t.dtype, tuple(t.shape), t.name)
+                partial.declared += nbytes
+                if partial.declared > limit:
+                    raise RequestTooLarge(f"request {request_id} declares {partial.declared} "
+                                          f"bytes of tensors, over this agent's limit of "
+                                          f"{limit} per request (--max-request-bytes)")
                 partial.meta[t.name] = (t.dtype, tuple(t.shape))
             partial.parts.setdefault(t.name, []).append(t.data)
         if message.more:
@@ -131,6 +156,21 @@ class Assembler:
         arrays = {name: tensors.from_bytes(b"".join(chunks), *partial.meta[name], name)
                   for name, chunks in partial.parts.items()}
         return message if isinstance(message, agent_pb2.InferResponse) else partial.first, arrays
+
+    @property
+    def pending(self) -> bool:
+        """Some request is partly received."""
+        return bool(self._partial)
+
+    def expire(self, stall_s: float) -> list[int]:
+        """Forget requests whose last chunk came more than `stall_s` ago (their memory is
+        released; later chunks of theirs are skipped); returns their ids."""
+        now = time.monotonic()
+        stale = [rid for rid, p in self._partial.items() if now - p.updated > stall_s]
+        for request_id in stale:
+            del self._partial[request_id]
+            self._refused.add(request_id)
+        return stale
 
     def drop(self, request_id: int) -> None:
         self._partial.pop(request_id, None)

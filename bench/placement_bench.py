@@ -1,7 +1,13 @@
 """Placement over a zoo of models and simulated fleets: layerfleet's plan vs the baselines a
 user would otherwise pick, plan time, and the Greedy Nominator's gain from replicas.
 
-    python bench/placement_bench.py [--models N]
+    python bench/placement_bench.py [--models N] [--random N]
+
+Part two: random heterogeneous fleets of 7-12 devices (fixed seed) with random models of
+6-24 layers, for latency, throughput and energy under an SLA: plan() (what the controller
+runs) against the exact optimum, and the old fixed-order heuristic beside it. The exact
+reference is the subset DP over every subset and order for 7-8 devices, and the branch and
+bound without its node budget (1,000,000 nodes; counted when it did not finish) above.
 
 Profiles (FLOPs, bytes per layer and per cut, from the partitioner) are cached in
 bench/results/profiles/ so reruns build no model. Predictions come from the cost model
@@ -22,11 +28,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, write  # noqa: E402
-
-from layerfleet.controller.partition.profile import ModelProfile  # noqa: E402
-from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts  # noqa: E402
-from layerfleet.controller.placement.plan import compare_baselines, plan  # noqa: E402
+from _common import RESULTS, write
+from layerfleet.controller.partition.profile import ModelProfile
+from layerfleet.controller.placement import dp, search
+from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts
+from layerfleet.controller.placement.plan import compare_baselines, plan
 
 ZOO = ["MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "ResNet50",
        "ResNet101", "ResNet50V2", "DenseNet121", "DenseNet169", "EfficientNetB0",
@@ -119,10 +125,120 @@ def timed_plan(costs: ModelCosts, fleet: Fleet, **kw) -> tuple[list, float]:
     return found, statistics.median(times)
 
 
+def random_instance(rng, n_devices: int) -> tuple[ModelCosts, Fleet]:  # type: ignore[no-untyped-def]
+    """A random model and a heterogeneous fleet: speeds over two orders of magnitude,
+    memory that sometimes forces a split, per-device uplinks, a random LAN."""
+    n = rng.randint(6, 24)
+    costs = ModelCosts("random", [f"l{i}" for i in range(n)],
+                       [rng.randint(10**6, 10**9) for _ in range(n)],
+                       [rng.randint(0, 4 * 10**6) for _ in range(n)],
+                       [rng.randint(10**3, 10**6) for _ in range(n + 1)],
+                       [rng.randint(10**3, 10**6) for _ in range(n)])
+    total = costs.range_memory(0, n)
+    devices = [Device(f"d{i}", rng.uniform(1e9, 1e11), rng.randint(total // 3, total * 2),
+                      rng.uniform(0.0002, 0.002), 2.0, rng.uniform(3, 60))
+               for i in range(n_devices)]
+    links = [Link("client", d.id, rng.uniform(1e6, 1e8), rng.uniform(0.001, 0.04),
+                  rng.uniform(0, 1e-7)) for d in devices]
+    links += [Link(a.id, b.id, rng.uniform(1e6, 1.2e8), rng.uniform(0.0005, 0.01),
+                   rng.uniform(0, 1e-7)) for i, a in enumerate(devices)
+              for b in devices[i + 1:] if rng.random() < 0.5]
+    return costs, Fleet(devices, links, default_link=Link("*", "*", 5e7, 0.002, 1e-8))
+
+
+def exact(costs: ModelCosts, fleet: Fleet, objective: str, sla_s: float | None
+          ) -> tuple[float, bool]:
+    """The optimum's objective value, and whether it is proven."""
+    positions = list(range(costs.n + 1))
+    if objective == "energy":
+        if len(fleet.devices) <= 8:
+            found = dp._pareto(costs, fleet, positions, sla_s)
+            return (found[0].prediction.energy_j if found else float("inf")), True
+        t = search.tables(costs, fleet, positions)
+        got = search.energy_under_sla(t, search.objective(t, "sum", 0.0, 1.0),
+                                      search.objective(t, "sum", 1.0, 0.0), sla_s,
+                                      max_nodes=1_000_000)
+        return got.value, got.complete
+    kind = "max" if objective == "throughput" else "sum"
+    t = search.tables(costs, fleet, positions)
+    obj = search.objective(t, kind)
+    if len(fleet.devices) <= 8:
+        ranked = sorted(dp._run(obj, None).values())
+        return (ranked[0][0] if ranked else float("inf")), True
+    got = search.branch_and_bound(t, obj, search.relax(obj), max_nodes=1_000_000)
+    return got.value, got.complete
+
+
+def heuristic(costs: ModelCosts, fleet: Fleet, objective: str) -> float:
+    """The old engine past 6 devices: the best of three fixed device orders."""
+    t = search.tables(costs, fleet, list(range(costs.n + 1)))
+    obj = search.objective(t, "max" if objective == "throughput" else "sum")
+    ranked = sorted(dp._run(obj, dp._orders(fleet)).values())
+    return ranked[0][0] if ranked else float("inf")
+
+
+def random_fleets(count: int) -> dict:
+    import random
+
+    rng = random.Random(20261124)
+    rows = []
+    for i in range(count):
+        costs, fleet = random_instance(rng, 7 + i % 6)
+        fastest = dp.min_latency(costs, fleet)[0].prediction.latency_s
+        for objective in ("latency", "throughput", "energy"):
+            sla = fastest * rng.uniform(1.0, 2.0) if objective == "energy" else None
+            started = time.perf_counter()
+            got = plan(costs, fleet, objective=objective, sla_s=sla)[0]
+            seconds = time.perf_counter() - started
+            value = got.prediction.objective(objective, sla)
+            best, proven = exact(costs, fleet, objective, sla)
+            baseline = min((b.prediction.objective(objective, sla) for b in
+                            compare_baselines(costs, fleet, objective, sla).values()
+                            if b is not None), default=float("inf"))
+            old = heuristic(costs, fleet, objective) if objective != "energy" else None
+            rows.append({"devices": len(fleet.devices), "layers": costs.n,
+                         "objective": objective, "value": value, "exact": best,
+                         "proven": proven, "gap": value / best - 1, "plan_s": seconds,
+                         "best_baseline": baseline, "old_heuristic": old,
+                         "old_gap": None if old is None else old / best - 1,
+                         "lower_bound": got.lower_bound})
+    print(f"\nRandom heterogeneous fleets of 7-12 devices ({len(rows)} instances, seed "
+          f"20261124): gap to the exact optimum")
+    print(f"{'objective':<11}{'n':>5}{'<=2 %':>8}{'worst':>9}{'>baseline':>10}"
+          f"{'old <=2 %':>11}{'old worst':>11}{'plan ms max':>13}{'unproven ref':>14}")
+    summary = {}
+    for objective in ("latency", "throughput", "energy", "all"):
+        sub = [r for r in rows if objective in ("all", r["objective"])]
+        within = sum(r["gap"] <= 0.02 + 1e-9 for r in sub) / len(sub)
+        worst = max(r["gap"] for r in sub)
+        over_base = sum(r["value"] > r["best_baseline"] * (1 + 1e-9) for r in sub)
+        olds = [r["old_gap"] for r in sub if r["old_gap"] is not None]
+        old_within = sum(g <= 0.02 + 1e-9 for g in olds) / len(olds) if olds else float("nan")
+        old_worst = max(olds) if olds else float("nan")
+        summary[objective] = {"instances": len(sub), "within_2pct": within,
+                              "worst_gap": worst, "worse_than_baseline": over_base,
+                              "old_within_2pct": old_within, "old_worst_gap": old_worst,
+                              "plan_s_max": max(r["plan_s"] for r in sub),
+                              "reference_unproven": sum(not r["proven"] for r in sub)}
+        print(f"{objective:<11}{len(sub):>5}{within:>8.1%}{worst:>9.2%}{over_base:>10}"
+              f"{old_within:>11.1%}{old_worst:>11.2%}"
+              f"{summary[objective]['plan_s_max'] * 1000:>13.0f}"
+              f"{summary[objective]['reference_unproven']:>14}")
+    print("goal: within 2 % in >= 95 %, never worse than 10 %, never worse than the best "
+          "baseline")
+    return {"rows": rows, "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=len(ZOO))
+    parser.add_argument("--random", type=int, default=120,
+                        help="random fleets (x 3 objectives) for the optimality check")
+    parser.add_argument("--only-random", action="store_true")
     args = parser.parse_args()
+    if args.only_random:
+        write("placement_bench_random", random_fleets(args.random))
+        return
     profiles = load_profiles(args.models)
     rows = []
     print(f"{'model':<18}{'layers':>7} {'fleet':<20}{'objective':<11}{'layerfleet':>12}"
@@ -172,7 +288,9 @@ def main() -> None:
               f"{max(r['plan_s'] for r in big) * 1000:.1f} ms (goal <= 50 ms)")
     print(f"GNH gain: median +{statistics.median(g['gain'] for g in gains):.0%}, "
           f"max +{max(g['gain'] for g in gains):.0%}")
-    write("placement_bench", {"rows": rows, "gnh": gains, "worst_ratio": worst})
+    optimality = random_fleets(args.random)
+    write("placement_bench", {"rows": rows, "gnh": gains, "worst_ratio": worst,
+                              "random_fleets": optimality})
 
 
 if __name__ == "__main__":

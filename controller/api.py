@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from layerfleet.agent import tensors
+from layerfleet.agent import names, tensors
 from layerfleet.controller import planner, wire
 from layerfleet.controller.catalog import Catalog, check_header, check_upload
 from layerfleet.controller.deployer import Deployer, DeployOrder
@@ -29,6 +30,8 @@ from layerfleet.v1 import controller_pb2, controller_pb2_grpc, tensor_pb2
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_MODEL_BYTES = 2 << 30
+MAX_CANDIDATES = 100   # top_k, and the plan index a deploy picks
+MAX_SLA_MS = 3_600_000.0
 
 
 def _unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -38,6 +41,8 @@ def _unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             return await method(self, request, context)
         except ApiError as exc:
             await context.abort(exc.code, exc.message)
+        except names.InvalidName as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL,
@@ -56,6 +61,8 @@ def _streaming(method: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
                 yield item
         except ApiError as exc:
             await context.abort(exc.code, exc.message)
+        except names.InvalidName as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL,
@@ -133,6 +140,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def Plan(self, request: controller_pb2.PlanRequest,
                    context: grpc.aio.ServicerContext) -> controller_pb2.PlanReply:
         _refuse_old_fields(request)
+        check_plan_request(request.sla_ms, request.top_k)
         record = self._model(request.model)
         found, baselines, costs = planner.candidates(
             record, self.registry.devices(), self.registry.links(),
@@ -148,6 +156,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[controller_pb2.DeployProgress]:
         _refuse_old_fields(request)
+        check_plan_request(request.sla_ms, request.plan)
+        self._model(request.model)
         order = DeployOrder(
             model=request.model, name=request.name,
             objective=wire.OBJECTIVE.word(request.objective, "latency"),  # type: ignore[arg-type]
@@ -197,15 +207,16 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         async def one(call: controller_pb2.InferCall) -> None:
             try:
                 result = await self._infer(call)
-            except ApiError as exc:
+            except (ApiError, names.InvalidName) as exc:
+                code = exc.code if isinstance(exc, ApiError) else \
+                    grpc.StatusCode.INVALID_ARGUMENT
                 result = controller_pb2.InferResult(request_id=call.request_id,
-                                                    error_code=exc.code.value[0],
-                                                    error=exc.message)
-            except Exception as exc:  # a bug: keep the stream alive for the other requests
+                                                    error_code=code.value[0], error=str(exc))
+            except Exception:  # a bug: keep the stream alive for the other requests
                 log.exception("inference %s failed", call.request_id)
                 result = controller_pb2.InferResult(
                     request_id=call.request_id, error_code=grpc.StatusCode.INTERNAL.value[0],
-                    error=f"internal error: {exc}")
+                    error="inference failed inside the controller; see its log")
             await results.put(result)
 
         async def read() -> None:
@@ -232,7 +243,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             inputs = tensors.decode_many(call.tensors)
         except tensors.TensorError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        outcome = await self.router.infer(call.deployment, inputs)
+        outcome = await self.router.infer(names.check_name("deployment", call.deployment),
+                                          inputs)
         return controller_pb2.InferResult(
             request_id=call.request_id,
             tensors=[tensors.encode(n, a) for n, a in outcome.outputs.items()],
@@ -261,13 +273,13 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         return deployment_pb(dep, {d.id: d.state for d in self.registry.devices()})
 
     def _model(self, name: str) -> ModelRecord:
-        record = self.registry.model(name)
+        record = self.registry.model(names.check_name("model", name))
         if record is None:
             raise not_found("model", name, [m.name for m in self.registry.models()])
         return record
 
     def _deployment(self, name: str) -> DeploymentRecord:
-        dep = self.registry.deployment(name)
+        dep = self.registry.deployment(names.check_name("deployment", name))
         if dep is None:
             raise not_found("deployment", name,
                             [d.name for d in self.registry.deployments()])
@@ -284,6 +296,17 @@ def _refuse_old_fields(request: Any) -> None:
                        f"field(s); since layerfleet 0.2 they are enums (Objective, Redundancy) "
                        f"at new field numbers: rebuild the client from the current "
                        f"controller.proto")
+
+
+def check_plan_request(sla_ms: float, count: int) -> None:
+    """Numbers a Plan or Deploy request carries: an SLA in milliseconds (0: none) and a
+    candidate count or index."""
+    if not (math.isfinite(sla_ms) and 0 <= sla_ms <= MAX_SLA_MS):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"sla_ms {sla_ms} must be 0 (none) or a latency up to {MAX_SLA_MS:.0f} ms")
+    if not 0 <= count < MAX_CANDIDATES:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"candidate {count} is out of range 0..{MAX_CANDIDATES - 1}")
 
 
 # -- record -> message ----------------------------------------------------------------------

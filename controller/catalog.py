@@ -19,10 +19,11 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import grpc
+from layerfleet.agent import names, tensors, transport
 from layerfleet.controller.errors import ApiError
 from layerfleet.controller.partition.load import file_format_problem
 from layerfleet.controller.registry import ModelRecord, Registry
@@ -30,6 +31,12 @@ from layerfleet.v1 import controller_pb2
 
 _SUFFIX = {controller_pb2.KERAS: ".keras", controller_pb2.H5: ".h5"}
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# One sample of a model's input must fit one Infer message (transport.MAX_MESSAGE_BYTES).
+MAX_INPUT_BYTES = transport.MAX_MESSAGE_BYTES
+# A SavedModel is a few files (saved_model.pb, variables/, assets/); bound what a tar may
+# make us write, whatever its headers claim.
+MAX_TAR_MEMBERS = 10_000
+MAX_TAR_BYTES = 4 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +54,10 @@ def check_header(header: controller_pb2.ModelHeader) -> None:
     """The header alone, as soon as it arrives: the fields controller.proto marks required
     (INVALID_ARGUMENT naming the field, before any byte is counted)."""
     fmt = header.format
-    if fmt == controller_pb2.MODEL_FORMAT_UNSPECIFIED:
+    if fmt not in (*_SUFFIX, controller_pb2.SAVEDMODEL_TAR, controller_pb2.BUILTIN):
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       "ModelHeader.format is required: KERAS, H5, SAVEDMODEL_TAR or BUILTIN")
+                       "ModelHeader.format is missing or unknown: KERAS, H5, SAVEDMODEL_TAR "
+                       "or BUILTIN")
     if fmt == controller_pb2.BUILTIN:
         if not header.builtin:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -94,14 +102,28 @@ def check_upload(header: controller_pb2.ModelHeader, data: bytes) -> Intake:
                                f"model {header.name!r}: the upload is {problem}; nothing was "
                                f"registered")
     name = header.name or header.builtin
-    if any(c in name for c in "/\\\0") or name.startswith("."):
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"model name {name!r} may not contain '/', '\\' or start with '.'")
+    if not name:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "a model name is needed for an upload")
+    try:
+        names.check_name("model", name)
+    except names.InvalidName as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     shape = tuple(int(d) for d in header.input_shape) or None
-    if shape and any(d <= 0 for d in shape):
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"input shape {list(shape)} must be all positive")
+    if shape:
+        check_input_shape(shape)
     return Intake(name, fmt, header.builtin, shape, data)
+
+
+def check_input_shape(shape: tuple[int, ...]) -> None:
+    """A declared input shape (without batch) must be positive and small enough that one
+    float32 sample fits an Infer message; else INVALID_ARGUMENT."""
+    try:
+        if any(d <= 0 for d in shape):
+            raise tensors.TensorError(f"every dimension must be positive, shape is "
+                                      f"{list(shape)}")
+        tensors.check_shape(shape, 4, MAX_INPUT_BYTES, "input")
+    except tensors.TensorError as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"input shape: {exc}") from None
 
 
 class Catalog:
@@ -170,12 +192,7 @@ class Catalog:
             return intake.builtin, f"builtin:{intake.builtin}"
         if intake.format == controller_pb2.SAVEDMODEL_TAR:
             target = staging / "savedmodel"
-            try:
-                with tarfile.open(fileobj=io.BytesIO(intake.data), mode="r:") as tar:
-                    tar.extractall(target, filter="data")  # refuses absolute paths, links out
-            except (tarfile.TarError, OSError) as exc:
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"SavedModel upload is not a readable tar: {exc}") from None
+            extract_tar(intake.data, target)
             roots = [p.parent for p in target.rglob("saved_model.pb")]
             if len(roots) != 1:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -194,3 +211,52 @@ def _spec(edge: Any) -> dict[str, Any]:
 def _public(exc: Exception, staging: Path) -> str:
     """An error's text without the controller's own paths: the caller never sees them."""
     return str(exc).replace(f"{staging}{os.sep}", "").replace(str(staging), "the upload")
+
+
+def extract_tar(data: bytes, target: Path) -> None:
+    """Unpack a SavedModel tar into the fresh directory `target`, or refuse it whole
+    (INVALID_ARGUMENT) before writing anything: every member must be a regular file or a
+    directory with a relative path that stays inside `target` (no links, devices, absolute
+    paths or `..`), at most MAX_TAR_MEMBERS of them and MAX_TAR_BYTES in all. Files are
+    written by this code, not by tarfile's extraction (whose filters have had holes:
+    CVE-2025-4517), and never through a link."""
+    def refuse(why: str) -> ApiError:
+        return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"SavedModel upload refused: {why}")
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+            total = 0
+            for member in tar:
+                if len(members) >= MAX_TAR_MEMBERS:
+                    raise refuse(f"more than {MAX_TAR_MEMBERS} members")
+                path = PurePosixPath(member.name)
+                if member.isdir() and not path.parts:   # "." or "./": the target itself
+                    continue
+                if not (member.isfile() or member.isdir()) or member.issparse():
+                    raise refuse(f"member {member.name[:100]!r} is not a regular file or "
+                                 f"directory (a SavedModel needs no links or devices)")
+                if path.is_absolute() or ".." in path.parts or "\\" in member.name \
+                        or not path.parts or "\0" in member.name:
+                    raise refuse(f"member {member.name[:100]!r} would land outside the model "
+                                 f"directory")
+                total += member.size
+                if total > MAX_TAR_BYTES:
+                    raise refuse(f"more than {MAX_TAR_BYTES} bytes once unpacked")
+                members.append((member, path))
+            target.mkdir(mode=0o700)
+            for member, path in members:
+                out = target.joinpath(*path.parts)
+                if member.isdir():
+                    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    continue
+                out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None   # a regular file
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as sink:
+                    shutil.copyfileobj(source, sink, 1 << 20)
+    except tarfile.TarError as exc:
+        raise refuse(f"not a readable tar ({exc})") from None
+    except FileExistsError as exc:
+        raise refuse(f"member {Path(exc.filename or '').name!r} appears twice") from None

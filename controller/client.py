@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import numpy as np
 from layerfleet.agent import tensors, transport
-from layerfleet.agent.stream import status_code
+from layerfleet.agent.errors import status_code
 from layerfleet.controller import wire
 from layerfleet.controller.errors import ApiError
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc

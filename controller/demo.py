@@ -48,11 +48,12 @@ class Daemon:
     log_path: Path
 
 
-def _start(name: str, argv: list[str], log_path: Path, timeout_s: float = 60.0) -> Daemon:
+def _start(name: str, argv: list[str], log_path: Path, timeout_s: float = 60.0,
+           env: dict[str, str] | None = None) -> Daemon:
     """Start a daemon and wait for its 'serving on HOST:PORT' line."""
     log = log_path.open("w")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         match = _SERVING.search(log_path.read_text())
@@ -103,8 +104,10 @@ def local_fleet(workdir: Path, n_agents: int = 3) -> Iterator[tuple[Daemon, list
             agent = _start(f"agent {i}", [
                 _bin("layerfleet-agent"), "--listen", "127.0.0.1:0", "--state-dir",
                 str(workdir / f"agent-{i}"), "--no-mdns", "--threads", "1",
-                "--controller", controller.address, "--join-token", token],
-                workdir / f"agent-{i}.log")
+                "--controller", controller.address],
+                workdir / f"agent-{i}.log",
+                # A secret on the command line is readable by every local user (ps).
+                env={"LAYERFLEET_JOIN_TOKEN": token})
             daemons.append(agent)
             agents.append(agent)
         yield controller, agents

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from layerfleet.agent import names
 from layerfleet.agent.client import AgentError
 from layerfleet.controller import planner, wire
 from layerfleet.controller.agents import AgentPool
@@ -69,7 +70,7 @@ class Deployer:
         model = self.registry.model(req.model)
         if model is None:
             raise not_found("model", req.model, [m.name for m in self.registry.models()])
-        name = req.name or req.model
+        name = names.check_name("deployment", req.name or req.model)
         existing = self.registry.deployment(name)
         if existing is not None and existing.state in ACTIVE_STATES:
             raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
@@ -180,8 +181,10 @@ class Deployer:
         """Convert the segments (partitioner cache) into a fresh directory, atomically."""
         from layerfleet.controller.partition import load_model, split_model
 
+        # The last check before anything is removed or replaced: `name` was checked at the
+        # API, and must still name a direct child of the deployments directory.
+        target = names.inside(self.deployments_dir, names.check_route(name))
         keras_model = load_model(model.path, input_shape=tuple(model.input_shape) or None)
-        target = self.deployments_dir / name
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.deployments_dir))
         try:
             manifest = split_model(keras_model, cuts, staging, cache_dir=self.cache_dir)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from layerfleet.agent import reflection, transport
+from layerfleet.agent import files, names, reflection, transport
 from layerfleet.controller import planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.api import ControllerService
@@ -80,8 +80,7 @@ class ControllerServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        state = settings.state_dir or default_state_dir()
-        state.mkdir(parents=True, exist_ok=True)
+        state = files.private_dir(settings.state_dir or default_state_dir())
         self.registry = Registry(settings.db or state / "controller.db")
         self.agents = AgentPool()
         self.events = EventBus()
@@ -282,8 +281,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir = args.get("state_dir") or default_state_dir()
     if args.get("command") == "token":
+        try:
+            label = names.check_name("token label", args["label"]) if args.get("label") else ""
+        except names.InvalidName as exc:
+            print(f"layerfleet-controller: {exc}", file=sys.stderr)
+            return 2
+        files.private_dir(state_dir)
         registry = Registry(args.get("db") or state_dir / "controller.db")
-        print(registry.create_token(args.get("label", "")))
+        print(registry.create_token(label))
         registry.close()
         return 0
     settings = Settings(

@@ -43,3 +43,47 @@ def test_duplicate_names_are_refused() -> None:
     t = tensors.encode("a", np.zeros(1, np.float32))
     with pytest.raises(tensors.TensorError, match="appears twice"):
         tensors.decode_many([t, t])
+
+
+# -- shapes from the wire: one checked conversion -------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HOSTILE_SHAPES = [
+    [1] * 65,                      # more dimensions than numpy can hold
+    [2 ** 62, 2 ** 62, 0],         # zero bytes, but no array numpy can make
+    [-1, 4],
+    [2 ** 31, 1],                  # over LiteRT's int32 dimensions
+    [2 ** 40, 2 ** 40, 3],         # wraps int64 when multiplied there
+]
+
+
+@pytest.mark.parametrize("shape", HOSTILE_SHAPES, ids=str)
+def test_a_shape_no_array_can_have_is_refused_as_a_tensor_error(shape: list[int]) -> None:
+    msg = tensor_pb2.Tensor(name="x", dtype=tensor_pb2.FLOAT32, shape=shape, data=b"")
+    with pytest.raises(tensors.TensorError, match="tensor 'x'"):
+        tensors.decode(msg)
+
+
+def test_sizes_are_exact_integers_and_bounded_by_the_callers_limit() -> None:
+    assert tensors.check_shape([2 ** 20, 2 ** 20], 1, max_bytes=2 ** 40) == 2 ** 40
+    with pytest.raises(tensors.TensorError, match="over the limit of 1000 bytes"):
+        tensors.layout(tensor_pb2.FLOAT32, (16, 16), "x", max_bytes=1000)
+
+
+shape_st = st.lists(st.one_of(st.integers(-3, 8), st.integers(0, 2 ** 63 - 1)), max_size=70)
+
+
+@settings(max_examples=400, deadline=None)
+@given(shape_st, st.sampled_from(DTYPES))
+def test_any_shape_is_either_refused_or_an_array_numpy_can_make(shape: list[int],
+                                                                 dtype: str) -> None:
+    code = tensors.dtype_code(dtype)
+    try:
+        dt, nbytes = tensors.layout(code, shape, "x", max_bytes=1 << 16)
+    except tensors.TensorError:
+        return
+    assert nbytes <= 1 << 16
+    array = np.zeros(nbytes, np.uint8).view(dt).reshape(shape)
+    assert array.nbytes == nbytes

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from layerfleet.agent import tensors
 from layerfleet.controller.partition.errors import PartitionError
 
 
@@ -34,7 +35,11 @@ class Edge:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        itemsize = np.dtype(self.dtype).itemsize
+        try:   # exact integers: an absurd shape is refused, never wrapped around
+            return tensors.check_shape(self.shape, itemsize, name=self.name) * itemsize
+        except tensors.TensorError as exc:
+            raise PartitionError(str(exc)) from None
 
 
 @dataclass(slots=True)

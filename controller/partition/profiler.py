@@ -15,9 +15,12 @@ Parameter bytes are counted at a layer's first call only (shared layers hold one
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+from layerfleet.agent import tensors
+from layerfleet.controller.partition.errors import PartitionError
 from layerfleet.controller.partition.graph import LayerGraph
 from layerfleet.controller.partition.profile import CutCost, LayerCost, ModelProfile, TensorSpecInfo
 
@@ -28,7 +31,12 @@ _DATA_MOVEMENT = {"Reshape", "Flatten", "Concatenate", "ZeroPadding1D", "ZeroPad
 
 
 def _elements(shape: tuple[Any, ...]) -> int:
-    return int(np.prod([d if d is not None else 1 for d in shape[1:]], dtype=np.int64))
+    """Elements per sample (exact integers, checked: never an int64 wrap-around)."""
+    dims = [int(d) if d is not None else 1 for d in shape[1:]]
+    try:
+        return tensors.check_shape(dims, 1)
+    except tensors.TensorError as exc:
+        raise PartitionError(str(exc)) from None
 
 
 def layer_flops(layer: Any, in_shapes: list[tuple[Any, ...]],
@@ -39,7 +47,7 @@ def layer_flops(layer: Any, in_shapes: list[tuple[Any, ...]],
     if kind in _DATA_MOVEMENT:
         return 0
     kernel = tuple(getattr(layer, "kernel_size", ()) or ())
-    kernel_volume = int(np.prod(kernel)) if kernel else 1
+    kernel_volume = math.prod(int(k) for k in kernel)
     channels_in = int(in_shapes[0][-1]) if in_shapes and in_shapes[0][-1] else 1
     if kind.startswith("DepthwiseConv"):
         return 2 * out_elems * kernel_volume
@@ -56,7 +64,7 @@ def layer_flops(layer: Any, in_shapes: list[tuple[Any, ...]],
         return in_elems
     if "Pooling" in kind:
         pool = tuple(getattr(layer, "pool_size", ()) or ())
-        return out_elems * (int(np.prod(pool)) if pool else 1)
+        return out_elems * math.prod(int(p) for p in pool)
     if kind in ("BatchNormalization", "LayerNormalization", "GroupNormalization"):
         return 2 * out_elems
     return out_elems
@@ -70,7 +78,7 @@ def profile_graph(graph: LayerGraph, name: str, digest: str) -> ModelProfile:
         params = 0
         if id(layer) not in seen_layers:
             seen_layers.add(id(layer))
-            params = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
+            params = sum(math.prod(int(d) for d in w.shape) * np.dtype(w.dtype).itemsize
                          for w in getattr(layer, "weights", []))
         in_shapes = [tuple(t.shape) for t in node.input_tensors]
         out_shapes = [tuple(t.shape) for t in node.outputs]

@@ -6,13 +6,27 @@
                     cloud (or on a second device when there is no cloud), best cut and pair
   memory_split      exo-style: layers split over all devices in proportion to their memory
 Each returns None when it cannot place the model (no cloud device, nothing fits).
+In fleets of more than SPLIT_PAIRS_FROM devices, best_split tries the SPLIT_HEADS fastest
+devices as heads (and as tails when there is no cloud): every pair of 1,000 devices would
+take seconds, and no user would try them all either.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from layerfleet.controller.placement.cost import fits, predict
+from layerfleet.controller.placement.cost import (
+    compute_energy_j,
+    compute_s,
+    fits,
+    link_energy_j,
+    predict,
+    serialisation_s,
+    transfer_s,
+)
 from layerfleet.controller.placement.model import Fleet, ModelCosts, Placement, Stage
+
+SPLIT_PAIRS_FROM = 48
+SPLIT_HEADS = 16
 
 
 def _best(costs: ModelCosts, fleet: Fleet, candidates: list[list[Stage]], strategy: str,
@@ -45,6 +59,11 @@ def best_split(costs: ModelCosts, fleet: Fleet, objective: str,
     up = [d for d in fleet.devices if d.up]
     clouds = [d for d in up if d.is_cloud]
     heads = [d for d in up if not d.is_cloud]
+    if len(up) > SPLIT_PAIRS_FROM:
+        fastest = sorted(up, key=lambda d: -d.flops_per_s)
+        heads = [d for d in fastest if not d.is_cloud][:SPLIT_HEADS]
+        clouds = [d for d in fastest if d.is_cloud][:SPLIT_HEADS]
+        up = fastest[:SPLIT_HEADS]
     pairs = [(h, c) for h in heads for c in clouds] if clouds else \
         [(a, b) for a in up for b in up if a.id != b.id]
     n = costs.n
@@ -61,18 +80,21 @@ def best_split(costs: ModelCosts, fleet: Fleet, objective: str,
     for a, b in pairs:
         first, middle = fleet.link(fleet.source, a.id), fleet.link(a.id, b.id)
         back = fleet.link(b.id, fleet.source)
-        c1 = flops[p] / a.flops_per_s + a.overhead_s
-        c2 = (flops[n] - flops[p]) / b.flops_per_s + b.overhead_s
-        latency = (first.seconds(cut[0]) + c1 + middle.rtt_s / 2 + cut[p] / middle.bandwidth_Bps
-                   + c2 + back.seconds(cut[n]))
-        energy = (a.busy_w * c1 + cut[0] * first.joules_per_byte + b.busy_w * c2
-                  + cut[p] * middle.joules_per_byte + cut[n] * back.joules_per_byte)
+        c1 = compute_s(flops[p], a.flops_per_s, a.overhead_s)
+        c2 = compute_s(flops[n] - flops[p], b.flops_per_s, b.overhead_s)
+        latency = (transfer_s(cut[0], first.bandwidth_Bps, first.rtt_s) + c1
+                   + transfer_s(cut[p], middle.bandwidth_Bps, middle.rtt_s) + c2
+                   + transfer_s(cut[n], back.bandwidth_Bps, back.rtt_s))
+        energy = (compute_energy_j(a.busy_w, c1) + link_energy_j(cut[0], first.joules_per_byte)
+                  + compute_energy_j(b.busy_w, c2) + link_energy_j(cut[p], middle.joules_per_byte)
+                  + link_energy_j(cut[n], back.joules_per_byte))
         if objective == "latency":
             score = latency
         elif objective == "throughput":
-            score = np.maximum.reduce([np.full(n - 1, cut[0] / first.bandwidth_Bps), c1,
-                                       cut[p] / middle.bandwidth_Bps, c2,
-                                       np.full(n - 1, cut[n] / back.bandwidth_Bps)])
+            score = np.maximum.reduce([
+                np.full(n - 1, serialisation_s(cut[0], first.bandwidth_Bps)), c1,
+                serialisation_s(cut[p], middle.bandwidth_Bps), c2,
+                np.full(n - 1, serialisation_s(cut[n], back.bandwidth_Bps))])
         elif objective == "energy":
             score = np.where(latency <= (sla_s if sla_s is not None else np.inf) + 1e-12,
                              energy, np.inf)

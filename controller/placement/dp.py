@@ -1,4 +1,4 @@
-"""Dynamic programs over the topological order.
+"""The placement programs: which solver runs for which fleet, and the exact subset DP.
 
 The problem every program here solves: split layers [0, n) into contiguous stages; give
 each stage one device; use each device at most once; devices may be left out; the order in
@@ -10,28 +10,32 @@ Costs are exactly those of cost.predict() without replicas. Among such placement
   min_energy      minimises energy per inference subject to latency <= SLA
   weighted        minimises w_latency * latency + w_energy * energy
 
-Exactness: with at most EXACT_DEVICES devices the program runs over every subset of
-devices and every visiting order (state: layers done, devices used, last device) and is
-exact over all positions up to EXACT_POSITIONS cut positions. Larger instances use two
-stated heuristics: (1) devices are visited in one of a few fixed orders (fastest first,
-slowest first, best-connected first; each device still used or skipped), exact within each
-order; (2) for models with more than EXACT_POSITIONS layers, cuts are restricted to
-candidate positions (local minima of crossing bytes plus evenly spaced FLOP quantiles).
-min_energy is exact (a Pareto DP over (energy, latency)) on small instances and a
-Lagrangian sweep (min energy + lambda * latency over a range of lambda) on large ones.
+Cuts: every position for models up to EXACT_POSITIONS layers; larger models use candidate
+positions (local minima of crossing bytes plus evenly spaced FLOP quantiles, 64 at most).
+Over those positions, by the number of devices up:
+  <= EXACT_DEVICES (6)   exact: a DP over every subset and order of devices (state: layers
+                         done, devices used, last device), vectorised over positions; for
+                         min_energy a Pareto DP over (energy, latency).
+  <= FLEET_DEVICES (48)  branch and bound (search.py) seeded with the best of three fixed
+                         device orders: exact when it completes within its node budget,
+                         otherwise the best found with a proven lower bound.
+  more                   fleet scale (fleet_scale.py): devices grouped into classes, a lower
+                         bound from the class envelopes, the search on a shortlist.
+Every answer's `lower_bound` says how good it is: equal to its objective when proven optimal
+over the candidate positions.
 
-Each program returns the best placement for every number of stages it could build
-(best first), so callers can offer the top K distinct placements.
+Each program returns its best placement first, then other good ones it met (the best per
+number of stages for the subset DP), so callers can offer the top K distinct placements.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from layerfleet.controller.placement.cost import predict
+from layerfleet.controller.placement import fleet_scale, search
 from layerfleet.controller.placement.model import (
     Fleet,
     ModelCosts,
@@ -39,22 +43,13 @@ from layerfleet.controller.placement.model import (
     PlacementError,
     Stage,
 )
+from layerfleet.controller.placement.search import Objective, Path, Solved, to_placement
 
 EXACT_DEVICES = 6
+FLEET_DEVICES = fleet_scale.FLEET_DEVICES
 EXACT_POSITIONS = 64
+FIXED_ORDER_DEVICES = 24  # fixed-order seeds cost D^2 P^2: past this the search seeds itself
 INF = float("inf")
-
-
-@dataclass
-class _Tables:
-    """Per-device matrices over (cut p, cut q) of candidate positions."""
-
-    positions: np.ndarray          # candidate cut positions, 0 and n included
-    devices: list[str]
-    compute: np.ndarray            # [k, P, P]: seconds for k to run positions[p]..[q]
-    busy_w: np.ndarray             # [k]
-    cut_bytes: np.ndarray          # [P]
-    out_bytes: float
 
 
 def candidate_positions(costs: ModelCosts, limit: int = EXACT_POSITIONS) -> list[int]:
@@ -77,38 +72,6 @@ def candidate_positions(costs: ModelCosts, limit: int = EXACT_POSITIONS) -> list
     return sorted(chosen)
 
 
-def _tables(costs: ModelCosts, fleet: Fleet, positions: list[int]) -> _Tables:
-    pos = np.asarray(positions)
-    P = len(pos)
-    flops = np.array([costs.range_flops(0, p) for p in pos])
-    # range_memory for every pair of positions, vectorised (same formula as ModelCosts).
-    params = np.concatenate([[0.0], np.cumsum(np.asarray(costs.param_bytes, dtype=float))])
-    acts = np.asarray(costs.activation_bytes, dtype=float)
-    cut = np.asarray(costs.cut_bytes, dtype=float)
-    mem = np.full((P, P), np.inf)
-    for i in range(P - 1):
-        inner = np.maximum.accumulate(acts[pos[i]:])[pos[i + 1:] - pos[i] - 1]
-        mem[i, i + 1:] = (params[pos[i + 1:]] - params[pos[i]] + cut[pos[i]] + cut[pos[i + 1:]]
-                          + 2 * inner)
-    compute = np.empty((len(fleet.devices), P, P))
-    span = flops[None, :] - flops[:, None]
-    for k, d in enumerate(fleet.devices):
-        c = span / d.flops_per_s + d.overhead_s
-        c[mem > d.memory_bytes] = np.inf
-        compute[k] = c
-    return _Tables(pos, [d.id for d in fleet.devices], compute,
-                   np.array([d.busy_w for d in fleet.devices]),
-                   np.asarray(costs.cut_bytes, dtype=float)[pos], float(costs.cut_bytes[-1]))
-
-
-def _link_terms(fleet: Fleet, t: _Tables, a: str, b: str) -> tuple[np.ndarray, np.ndarray,
-                                                                   np.ndarray]:
-    """Per candidate cut: transfer seconds, serialisation seconds, link joules."""
-    link = fleet.link(a, b)
-    ser = t.cut_bytes / link.bandwidth_Bps
-    return link.rtt_s / 2 + ser, ser, t.cut_bytes * link.joules_per_byte
-
-
 @dataclass
 class _State:
     value: np.ndarray       # [P] best score with positions[:q] done
@@ -116,65 +79,37 @@ class _State:
     back_state: np.ndarray  # [P] id of the state before it (-1: this is the first stage)
 
 
-def _schemes(fleet: Fleet) -> Iterator[list[int] | None]:
-    """None = every subset and order (exact); else fixed device orders (heuristic)."""
-    if len(fleet.devices) <= EXACT_DEVICES:
-        yield None
-        return
+def _orders(fleet: Fleet) -> list[list[int]]:
+    """The heuristic's fixed device orders: fastest first, slowest first, best-connected."""
     idx = list(range(len(fleet.devices)))
     speed = sorted(idx, key=lambda k: -fleet.devices[k].flops_per_s)
-    yield speed
-    yield speed[::-1]
-    yield sorted(idx, key=lambda k: -fleet.link(fleet.source, fleet.devices[k].id).bandwidth_Bps)
+    return [speed, speed[::-1],
+            sorted(idx, key=lambda k: -fleet.link(fleet.source, fleet.devices[k].id)
+                   .bandwidth_Bps)]
 
 
-def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
-         w_energy: float) -> dict[int, tuple[float, list[tuple[int, int, int]]]]:
-    """Best score per number of stages (per last device in fixed orders)
-    -> (score, [(device k, p index, q index)])."""
-    D, P = len(t.devices), len(t.positions)
-    best: dict[int, tuple[float, list[tuple[int, int, int]]]] = {}
-    ids = t.devices
+def _run(obj: Objective, orders: list[list[int]] | None) -> dict[int, tuple[float, Path]]:
+    """orders None: every subset and order (exact), best per stage count; else exact within
+    each fixed order, best per last device. -> slot: (score, [(device k, p, q)])."""
+    D, P = obj.stage.shape[0], obj.stage.shape[1]
+    op = np.add if obj.combine == "sum" else np.maximum
+    best: dict[int, tuple[float, Path]] = {}
+    cols = np.arange(P)
+    start = np.full(P, INF)
+    start[0] = 0.0
 
-    steps: dict[tuple[str, int], np.ndarray] = {}
-
-    def stage_matrix(prev: str, k: int, incoming: np.ndarray) -> np.ndarray:
+    def stage_matrix(prev: int, k: int, incoming: np.ndarray) -> np.ndarray:
         """[p, q] score of arriving with `incoming[p]` and running k on p..q."""
-        step = steps.get((prev, k))
-        if step is None:
-            transfer, ser, joules = _link_terms(fleet, t, prev, ids[k])
-            c = t.compute[k]
-            if kind == "sum":
-                step = np.where(np.isfinite(c), 0.0, np.inf)
-                if w_time:  # (skip zero weights: 0 * inf would be NaN)
-                    step = step + w_time * (transfer[:, None] + c)
-                if w_energy:
-                    step = step + w_energy * (t.busy_w[k] * c + joules[:, None])
-            else:
-                step = np.stack([np.broadcast_to(ser[:, None], c.shape), c])  # for max()
-            steps[(prev, k)] = step
-        if kind == "sum":
-            return incoming[:, None] + step
-        return np.maximum(np.maximum(incoming[:, None], step[0]), step[1])
+        return op(op(incoming, obj.link[prev, k])[:, None], obj.stage[k])
 
-    def finish(k: int, value: float) -> float:
-        back = fleet.link(ids[k], fleet.source)
-        if kind == "sum":
-            return value + w_time * back.seconds(t.out_bytes) + \
-                w_energy * t.out_bytes * back.joules_per_byte
-        return max(value, t.out_bytes / back.bandwidth_Bps)
-
-    for order in _schemes(fleet):
+    for order in [None] if orders is None else orders:
         states: dict[tuple, _State] = {}
         keys: list[tuple] = []  # state id -> key
         id_of: dict[tuple, int] = {}
-        cols = np.arange(P)
-        start = np.full(P, INF)
-        start[0] = 0.0
         # key: (used devices frozenset or order index, last device, stage count)
         frontier: list[tuple] = []
         for k in (range(D) if order is None else order):
-            m = stage_matrix(fleet.source, k, start)
+            m = stage_matrix(D, k, start)
             arg = np.argmin(m, axis=0)
             key = (frozenset([k]), k, 1) if order is None else (order.index(k), k, 0)
             states[key] = _State(m[arg, cols], arg, np.full(P, -1))
@@ -190,7 +125,7 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
                 used, last, count = key
                 state = states[key]
                 if np.isfinite(state.value[-1]):
-                    score = finish(last, float(state.value[-1]))
+                    score = float(op(state.value[-1], obj.link[last, D, P - 1]))
                     slot = count if order is None else -1 - last  # per stage count / last device
                     if score < best.get(slot, (INF,))[0]:
                         best[slot] = (score, _trace(states, keys, key, P - 1))
@@ -199,7 +134,7 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
                 choices = ([k for k in range(D) if k not in used] if order is None
                            else order[used + 1:])
                 for k in choices:
-                    m = stage_matrix(ids[last], k, state.value)
+                    m = stage_matrix(last, k, state.value)
                     arg = np.argmin(m, axis=0)
                     value = m[arg, cols]
                     if not np.isfinite(value).any():
@@ -226,37 +161,62 @@ def _run(costs: ModelCosts, fleet: Fleet, t: _Tables, kind: str, w_time: float,
     return best
 
 
-def _trace(states: dict[tuple, _State], keys: list[tuple], key: tuple, q: int
-           ) -> list[tuple[int, int, int]]:
+def _trace(states: dict[tuple, _State], keys: list[tuple], key: tuple, q: int) -> Path:
     stages = []
     while True:
         state = states[key]
         p, previous = int(state.back_p[q]), int(state.back_state[q])
         stages.append((key[1], p, q))
         if previous < 0:
-            return stages[::-1]
+            return tuple(stages[::-1])
         key, q = keys[previous], p
 
 
-def _to_placement(costs: ModelCosts, fleet: Fleet, t: _Tables,
-                  plan: list[tuple[int, int, int]], strategy: str, objective: str) -> Placement:
-    stages = [Stage(int(t.positions[p]), int(t.positions[q]), t.devices[k]) for k, p, q in plan]
-    return Placement(stages, predict(costs, fleet, stages), strategy, objective)
-
-
-def _solve(costs: ModelCosts, fleet: Fleet, kind: str, objective: str, w_time: float = 1.0,
-           w_energy: float = 0.0, positions: list[int] | None = None) -> list[Placement]:
+def _up(fleet: Fleet) -> Fleet:
     up = Fleet([d for d in fleet.devices if d.up], fleet.links, fleet.source,
                fleet.default_link)
     if not up.devices:
         raise PlacementError("no device is up")
-    t = _tables(costs, up, positions or candidate_positions(costs))
-    best = _run(costs, up, t, kind, w_time, w_energy)
-    if not best:
-        raise PlacementError(_why_nothing_fits(costs, up))
-    ranked = sorted(best.values(), key=lambda item: item[0])
-    return [_to_placement(costs, up, t, plan, f"dp-{objective}", objective)
-            for _, plan in ranked]
+    return up
+
+
+def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
+          w_time: float = 1.0, w_energy: float = 0.0,
+          positions: list[int] | None = None, max_nodes: int = search.DEFAULT_NODES) -> Solved:
+    up = _up(fleet)
+    positions = positions or candidate_positions(costs)
+    if len(up.devices) > FLEET_DEVICES:
+        return fleet_scale.solve(costs, up, kind, objective, w_time, w_energy, positions,
+                                 max_nodes=max_nodes)
+    t = search.tables(costs, up, positions)
+    obj = search.objective(t, kind, w_time, w_energy)
+    strategy = f"dp-{objective}"
+    if len(up.devices) <= EXACT_DEVICES:
+        ranked = sorted(_run(obj, None).values())
+        if not ranked:
+            raise PlacementError(_why_nothing_fits(costs, up))
+        return Solved([to_placement(costs, up, t, plan, strategy, objective,
+                                    ranked[0][0] if i == 0 else None)
+                       for i, (_, plan) in enumerate(ranked)], True)
+    seeds = sorted(_run(obj, _orders(up)).values()) \
+        if len(up.devices) <= FIXED_ORDER_DEVICES else []
+    found = search.branch_and_bound(t, obj, search.relax(obj),
+                                    incumbent=seeds[0] if seeds else None, max_nodes=max_nodes)
+    if found.value == INF:
+        if found.complete:
+            raise PlacementError(_why_nothing_fits(costs, up))
+        raise PlacementError(f"no placement found within the search ({found.nodes} nodes)")
+    strategy = f"search-{objective}"
+    best = to_placement(costs, up, t, found.path, strategy, objective, found.lower_bound)
+    others = [to_placement(costs, up, t, plan, f"fixed-order-{objective}", objective)
+              for _, plan in seeds if plan != found.path]
+    return Solved([best, *others], found.complete)
+
+
+def _solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
+           w_time: float = 1.0, w_energy: float = 0.0,
+           positions: list[int] | None = None) -> list[Placement]:
+    return solve(costs, fleet, kind, objective, w_time, w_energy, positions).placements
 
 
 def _why_nothing_fits(costs: ModelCosts, fleet: Fleet) -> str:
@@ -290,41 +250,55 @@ def weighted(costs: ModelCosts, fleet: Fleet, w_latency: float = 1.0, w_energy: 
 
 
 def min_energy(costs: ModelCosts, fleet: Fleet, sla_s: float | None = None,
-               **kw: object) -> list[Placement]:
-    """Minimum energy with latency <= sla_s (None: no SLA)."""
+               positions: list[int] | None = None,
+               max_nodes: int = search.DEFAULT_NODES) -> list[Placement]:
+    """Minimum energy with latency <= sla_s (None: no SLA). When nothing meets the SLA the
+    error says whether that is proven ("no placement meets") or only what the search saw
+    ("none found within the search"), with the best latency found either way."""
     if sla_s is None:
-        return _solve(costs, fleet, "sum", "energy", 0.0, 1.0, **kw)  # type: ignore[arg-type]
-    up = Fleet([d for d in fleet.devices if d.up], fleet.links, fleet.source,
-               fleet.default_link)
-    positions = candidate_positions(costs)
-    if len(up.devices) <= EXACT_DEVICES and len(positions) <= 24:
-        found = _pareto(costs, up, positions, sla_s)
+        return _solve(costs, fleet, "sum", "energy", 0.0, 1.0, positions)
+    up = _up(fleet)
+    all_positions = positions is None and costs.n + 1 <= EXACT_POSITIONS
+    positions = positions or candidate_positions(costs)
+    fastest = solve(costs, up, "sum", "latency", 1.0, 0.0, positions, max_nodes)
+    quick = fastest.placements[0]
+    if len(up.devices) > FLEET_DEVICES:
+        found, complete = fleet_scale.min_energy(costs, up, sla_s, positions, quick,
+                                                 max_nodes=max_nodes)
+    elif len(up.devices) <= EXACT_DEVICES and len(positions) <= 24:
+        found, complete = _pareto(costs, up, positions, sla_s), True
     else:
-        found = _lagrangian(costs, up, sla_s, positions)
-    if not found:
-        fastest = min_latency(costs, fleet)[0].prediction.latency_s
-        raise PlacementError(f"no placement meets the {sla_s * 1000:.1f} ms SLA: the fastest "
-                             f"possible is {fastest * 1000:.1f} ms")
-    return found
+        found, complete = search.energy_placements(costs, up, sla_s, positions, quick,
+                                                           max_nodes)
+    if found:
+        return found
+    raise PlacementError(_sla_message(sla_s, quick, complete and fastest.complete,
+                                      all_positions))
 
 
-def _lagrangian(costs: ModelCosts, fleet: Fleet, sla_s: float, positions: list[int]
-                ) -> list[Placement]:
-    feasible: dict[tuple, Placement] = {}
-    for lam in [0.0, *np.geomspace(1e-3, 1e4, 22)]:
-        for p in _solve(costs, fleet, "sum", "energy", float(lam), 1.0, positions):
-            if p.prediction.latency_s <= sla_s + 1e-12:
-                feasible[p.key()] = Placement(p.stages, p.prediction, "dp-energy-sla",
-                                              "energy")
-    return sorted(feasible.values(), key=lambda p: p.prediction.energy_j)
+def _sla_message(sla_s: float, quick: Placement, proven: bool, all_positions: bool) -> str:
+    best = quick.prediction.latency_s * 1000
+    if proven and all_positions:
+        return (f"no placement meets the {sla_s * 1000:.1f} ms SLA: the fastest possible is "
+                f"{best:.1f} ms")
+    where = "" if all_positions else " among the candidate cuts"
+    if proven:
+        return (f"no placement{where} meets the {sla_s * 1000:.1f} ms SLA: the fastest "
+                f"is {best:.1f} ms")
+    floor = quick.lower_bound * 1000 if quick.lower_bound is not None else 0.0
+    return (f"no placement found within the search{where} meets the {sla_s * 1000:.1f} ms "
+            f"SLA: the fastest found is {best:.1f} ms (none can be faster than "
+            f"{floor:.1f} ms)")
 
 
 def _pareto(costs: ModelCosts, fleet: Fleet, positions: list[int], sla_s: float
             ) -> list[Placement]:
     """Exact: keep every (energy, latency)-Pareto-optimal partial placement."""
     ids = [d.id for d in fleet.devices]
+    D = len(ids)
     P = len(positions)
-    t = _tables(costs, fleet, positions)
+    t = search.tables(costs, fleet, positions)
+    energy, time = search.objective(t, "sum", 0.0, 1.0), search.objective(t, "sum", 1.0, 0.0)
     # labels[(used, last, q)] = list of (energy, latency, plan)
     labels: dict[tuple, list[tuple[float, float, tuple]]] = {}
 
@@ -337,13 +311,13 @@ def _pareto(costs: ModelCosts, fleet: Fleet, positions: list[int], sla_s: float
         return True
 
     frontier = []
-    for k in range(len(ids)):
-        transfer, _, joules = _link_terms(fleet, t, fleet.source, ids[k])
+    for k in range(D):
         for q in range(1, P):
-            c = t.compute[k, 0, q]
-            if np.isfinite(c) and transfer[0] + c <= sla_s:
+            e = energy.link[D, k, 0] + energy.stage[k, 0, q]
+            s = time.link[D, k, 0] + time.stage[k, 0, q]
+            if np.isfinite(s) and s <= sla_s:
                 key = (frozenset([k]), k, q)
-                if add(key, (t.busy_w[k] * c + joules[0], transfer[0] + c, ((k, 0, q),))):
+                if add(key, (e, s, ((k, 0, q),))):
                     frontier.append(key)
     results: dict[tuple, Placement] = {}
     while frontier:
@@ -352,30 +326,28 @@ def _pareto(costs: ModelCosts, fleet: Fleet, positions: list[int], sla_s: float
             used, last, p = key
             for e, l, plan in list(labels.get(key, [])):
                 if p == P - 1:
-                    stages = [Stage(int(positions[a]), int(positions[b]), ids[k])
-                              for k, a, b in plan]
-                    pred = predict(costs, fleet, stages)
-                    if pred.latency_s <= sla_s + 1e-12:
-                        results[tuple(plan)] = Placement(stages, pred, "dp-energy-sla",
-                                                         "energy")
+                    placement = to_placement(costs, fleet, t, plan, "dp-energy-sla", "energy")
+                    if placement.prediction.latency_s <= sla_s + 1e-12:
+                        results[tuple(plan)] = placement
                     continue
-                for k in range(len(ids)):
+                for k in range(D):
                     if k in used:
                         continue
-                    transfer, _, joules = _link_terms(fleet, t, ids[last], ids[k])
                     for q in range(p + 1, P):
-                        c = t.compute[k, p, q]
-                        if not np.isfinite(c):
+                        if not np.isfinite(time.stage[k, p, q]):
                             continue
-                        nl = l + transfer[p] + c
+                        nl = l + time.link[last, k, p] + time.stage[k, p, q]
                         if nl > sla_s:
                             continue
                         new_key = (used | {k}, k, q)
-                        if add(new_key, (e + t.busy_w[k] * c + joules[p], nl,
-                                         plan + ((k, p, q),))):
+                        if add(new_key, (e + energy.link[last, k, p] + energy.stage[k, p, q],
+                                         nl, plan + ((k, p, q),))):
                             nxt.append(new_key)
         frontier = list(dict.fromkeys(nxt))
-    return sorted(results.values(), key=lambda p: (p.prediction.energy_j, p.prediction.latency_s))
+    ranked = sorted(results.values(), key=lambda p: (p.prediction.energy_j, p.prediction.latency_s))
+    if ranked:
+        ranked[0] = replace(ranked[0], lower_bound=ranked[0].prediction.energy_j)
+    return ranked
 
 
 def all_placements(costs: ModelCosts, fleet: Fleet) -> Iterator[list[Stage]]:

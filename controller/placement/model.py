@@ -58,9 +58,11 @@ class ModelCosts:
         """Bytes a device needs for layers [a, b): the weights in the flatbuffer, plus an
         arena estimate of the tensors crossing in and out and twice the largest layer
         output inside (its input and output alive at once)."""
+        from layerfleet.controller.placement.cost import memory_bytes  # (cost imports us)
+
         params = self._param_prefix[b] - self._param_prefix[a]  # type: ignore[attr-defined]
         inner = max(self.activation_bytes[a:b], default=0)
-        return int(params + self.cut_bytes[a] + self.cut_bytes[b] + 2 * inner)
+        return int(memory_bytes(params, self.cut_bytes[a], self.cut_bytes[b], inner))
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,9 @@ class Link:
 
     def seconds(self, nbytes: float) -> float:
         """One-way: half a round trip plus serialisation at the link rate."""
-        return self.rtt_s / 2 + nbytes / self.bandwidth_Bps
+        from layerfleet.controller.placement.cost import transfer_s  # (cost imports us)
+
+        return float(transfer_s(nbytes, self.bandwidth_Bps, self.rtt_s))
 
 
 @dataclass
@@ -170,6 +174,9 @@ class Placement:
     prediction: Prediction
     strategy: str
     objective: str
+    # No placement of the stated problem scores better than this on the objective (None:
+    # not computed). Equal to the objective's value when the solver proved it optimal.
+    lower_bound: float | None = None
 
     @property
     def cuts(self) -> list[int]:
@@ -195,4 +202,5 @@ class Placement:
                 latency_s=pred["latency_s"], throughput_rps=pred["throughput_rps"],
                 energy_j=pred["energy_j"], stages=[StagePrediction(**s) for s in pred["stages"]],
                 links=[tuple(l) for l in pred["links"]]),  # type: ignore[misc]
-            strategy=data["strategy"], objective=data["objective"])
+            strategy=data["strategy"], objective=data["objective"],
+            lower_bound=data.get("lower_bound"))

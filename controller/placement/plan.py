@@ -34,7 +34,7 @@ def plan(costs: ModelCosts, fleet: Fleet, *, objective: str = "latency",
     redundancy='gnh', each candidate also gets the Greedy Nominator's replicas.
     """
     found = list(_solver(objective, sla_s)(costs, fleet))
-    for name, baseline in BASELINES.items():
+    for baseline in BASELINES.values():
         p = baseline(costs, fleet, objective, sla_s)
         if p is not None and p.prediction.objective(objective, sla_s) < float("inf"):
             found.append(p)

@@ -9,6 +9,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,23 @@ def _split(model, cuts, out: Path, cache: Path) -> Split:
     from layerfleet.controller.partition import split_model
 
     return Split(out, split_model(model, cuts, out, cache_dir=cache))
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test():
+    """Every thread an agent starts (connections, next hops, timers, pools) ends with it."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        # Not ours: the test loop's default executor, and grpc.aio's poller (one for the
+        # process, started on first use).
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()
+                and not t.name.startswith("asyncio_") and "_poll_wrapper" not in t.name]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"threads outlived the test: {sorted(t.name for t in left)}"
 
 
 @pytest.fixture(scope="session")
@@ -115,17 +134,22 @@ class AgentProcess:
         return self.process.wait(timeout)
 
 
-def start_agent_process(state_dir: Path, *extra: str, env: dict | None = None) -> AgentProcess:
-    """The real console script, as systemd would run it."""
+def start_agent_process(state_dir: Path, *extra: str, env: dict | None = None,
+                        listen: str = "127.0.0.1:0") -> AgentProcess:
+    """The real console script, as systemd would run it; its log in STATE_DIR.log (a pipe
+    nobody reads would fill up and block the agent)."""
     exe = str(Path(sys.executable).parent / "layerfleet-agent")
-    process = subprocess.Popen(
-        [exe, "--listen", "127.0.0.1:0", "--state-dir", str(state_dir), "--no-mdns",
-         "--threads", "1", *extra],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-    line = ""
-    for line in process.stderr:
-        match = SERVING.search(line)
+    log_path = Path(f"{state_dir}.log")
+    with log_path.open("a") as log:
+        process = subprocess.Popen(
+            [exe, "--listen", listen, "--state-dir", str(state_dir), "--no-mdns",
+             "--threads", "1", *extra],
+            stderr=log, text=True, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        match = SERVING.search(log_path.read_text())
         if match:
             return AgentProcess(process, match.group(1))
-    process.wait(10)
-    raise RuntimeError(f"agent did not start: {line}")
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError(f"agent did not start: {log_path.read_text()[-500:]}")

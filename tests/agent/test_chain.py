@@ -31,8 +31,8 @@ async def test_three_agents_run_a_split_mobilenet_like_run_local(agents, mobilen
     async with AgentClient(servers[0].address) as client:
         reply = await client.infer("d", x)
         assert client.transport == transport
-    hops = [servers[i].pipeline.hops[servers[i + 1].address] for i in range(2)]
-    assert [h.carrier for h in hops] == [transport] * 2
+    assert [servers[i].pipeline.hops.kind(servers[i + 1].address)
+            for i in range(2)] == [transport] * 2
     expected = run_local(mobilenet_split.directory, x)
     assert set(reply.outputs) == set(expected)
     for name in expected:
@@ -100,7 +100,7 @@ async def test_a_client_on_grpc_infer_is_served_through_the_agents_data_ports(ag
     async with AgentClient(servers[0].address, use_data_port=False) as client:
         replies = await asyncio.gather(*(client.infer("d", x) for x in inputs))
         assert client.transport == "grpc"
-    assert [servers[i].pipeline.hops[servers[i + 1].address].carrier
+    assert [servers[i].pipeline.hops.kind(servers[i + 1].address)
             for i in range(2)] == ["dataport"] * 2
     for x, reply in zip(inputs, replies):
         expected = run_local(small_split.directory, x)

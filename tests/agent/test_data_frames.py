@@ -174,18 +174,20 @@ def _answer_from_downstream(arrays: dict[str, np.ndarray]) -> list[bytes | memor
 
 @pytest.mark.parametrize("size", [10, 200_000], ids=["small", "big"])
 def test_a_relayed_answer_reads_as_the_same_answer_with_our_id_and_our_hop_first(size):
-    from layerfleet.agent.links import Relayed
-    from layerfleet.agent.pipeline import relay
+    from layerfleet.agent import answers
 
     arrays = {"probs": np.arange(size, dtype=np.float32), "ids": np.arange(3, dtype=np.int64)}
     raw = dataport.FrameReader(agent_pb2.InferResponse, raw=True)
     (frame,) = _feed(raw, _wire(_answer_from_downstream(arrays)), [5, 4000])
     assert frame.arrays == {} and frame.message.request_id == 7
+    theirs = answers.from_frame(frame)
+    assert isinstance(theirs, answers.Raw)
     mine = agent_pb2.HopTiming(device_id="b", stage=1, compute_s=0.25)
-    answer = relay(42, mine, Relayed(frame.message, frame.header, frame.payload))
+    answer = answers.relay(42, mine, theirs)
+    assert isinstance(answer, answers.Raw)
 
     sock = _Socket()
-    dataport.send_raw_frame(sock, *answer.relayed)
+    dataport.send_raw_frame(sock, answer.header, answer.payload)
     (out,) = _feed(dataport.FrameReader(agent_pb2.InferResponse),
                    _wire([bytes(sock.data)]), [])
     assert out.message.request_id == 42 and out.message.exited_at_stage == -1
@@ -193,20 +195,18 @@ def test_a_relayed_answer_reads_as_the_same_answer_with_our_id_and_our_hop_first
     assert out.arrays.keys() == arrays.keys()
     for name, array in arrays.items():
         np.testing.assert_array_equal(out.arrays[name], array)
-    decoded = answer.decoded()   # what gRPC Infer sends instead
-    assert [h.stage for h in decoded.hops] == [1, 2]
+    decoded = answers.decoded(answer)   # what gRPC Infer sends instead
+    assert decoded.request_id == 42 and [h.stage for h in decoded.hops] == [1, 2]
     np.testing.assert_array_equal(decoded.outputs["probs"], arrays["probs"])
 
 
 def test_a_relayed_answer_to_request_id_zero_is_decoded_since_proto3_cannot_write_zero():
-    from layerfleet.agent.links import Relayed
-    from layerfleet.agent.pipeline import relay
+    from layerfleet.agent import answers
 
     arrays = {"probs": np.ones(4, np.float32)}
     (frame,) = _feed(dataport.FrameReader(agent_pb2.InferResponse, raw=True),
                      _wire(_answer_from_downstream(arrays)), [])
-    answer = relay(0, agent_pb2.HopTiming(stage=1),
-                   Relayed(frame.message, frame.header, frame.payload))
-    assert answer.relayed is None and answer.request_id == 0
+    answer = answers.relay(0, agent_pb2.HopTiming(stage=1), answers.from_frame(frame))
+    assert isinstance(answer, answers.Outputs) and answer.request_id == 0
     assert [h.stage for h in answer.hops] == [1, 2]
     np.testing.assert_array_equal(answer.outputs["probs"], arrays["probs"])

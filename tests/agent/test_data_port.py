@@ -9,7 +9,7 @@ import socket
 import grpc
 import numpy as np
 import pytest
-from layerfleet.agent import dataport, dataport_server, stream
+from layerfleet.agent import carriers, dataport, dataport_server
 from layerfleet.agent.client import AgentClient, AgentError
 from layerfleet.agent.main import AgentServer
 from layerfleet.agent.runtime import ShardRunner
@@ -49,7 +49,7 @@ async def test_a_hop_to_an_agent_without_a_data_port_falls_back_to_grpc(agents, 
     async with AgentClient(servers[0].address) as client:
         reply = await client.infer("d", x)
         assert client.transport == "dataport"
-    assert servers[0].pipeline.hops[servers[1].address].carrier == "grpc"
+    assert servers[0].pipeline.hops.kind(servers[1].address) == "grpc"
     expected = x
     for i in range(2):
         expected = ShardRunner(small_split.shard(i)).run(expected)
@@ -173,19 +173,36 @@ async def test_a_sender_that_stops_reading_answers_makes_the_agent_stop_reading(
     writer.close()
 
 
-async def test_connections_over_the_limit_are_closed_and_the_agent_keeps_serving(
-        agents, small_split, monkeypatch):
-    monkeypatch.setattr(dataport_server, "MAX_CONNECTIONS", 2)
-    server = await agents("a")
+async def test_a_sender_over_the_connection_limit_is_told_busy_and_falls_back_to_grpc(
+        agents, small_split):
+    server = await agents("a", max_connections=2)
     await deploy_chain(small_split, [server])
     async with AgentClient(server.address) as client:   # connection 1
         assert (await client.infer("d", small_split.random_input())).outputs
-        _, idle = await asyncio.open_connection("127.0.0.1", server.dataport.port)  # 2
+        _, held = await asyncio.open_connection("127.0.0.1", server.dataport.port)  # 2
         reader, extra = await asyncio.open_connection("127.0.0.1", server.dataport.port)
-        assert await asyncio.wait_for(reader.read(), 5) == b""   # 3: closed, no preface
+        assert await asyncio.wait_for(reader.read(), 5) == dataport.BUSY   # 3, then closed
+        async with AgentClient(server.address) as late:
+            assert (await late.infer("d", small_split.random_input(1))).outputs
+            assert late.transport == "grpc"
         assert (await client.infer("d", small_split.random_input(1))).outputs
-        for writer in (idle, extra):
+        assert client.transport == "dataport"
+        for writer in (held, extra):
             writer.close()
+
+
+async def test_at_the_limit_a_connection_idle_for_a_while_makes_room(agents, small_split,
+                                                                     monkeypatch):
+    monkeypatch.setattr(dataport_server, "EVICT_IDLE_S", 0.2)
+    server = await agents("a", max_connections=1)
+    await deploy_chain(small_split, [server])
+    idle_reader, idle = await asyncio.open_connection("127.0.0.1", server.dataport.port)
+    await asyncio.sleep(0.5)
+    async with AgentClient(server.address) as client:
+        assert (await client.infer("d", small_split.random_input())).outputs
+        assert client.transport == "dataport"
+    assert await asyncio.wait_for(idle_reader.read(), 5) == dataport.PREFACE  # then closed
+    idle.close()
 
 
 @pytest.mark.parametrize("firewall", ["refuses", "drops"])
@@ -210,7 +227,7 @@ async def test_a_data_port_the_network_blocks_falls_back_to_grpc_quickly(agents,
             reply = await client.infer("d", small_split.random_input())
             took = asyncio.get_running_loop().time() - started
             assert client.transport == "grpc" and reply.outputs
-        assert took < stream.DATA_PORT_CONNECT_TIMEOUT_S + 1.5
+        assert took < carriers.DATA_PORT_CONNECT_TIMEOUT_S + 1.5
     finally:
         for s in [blocker, *queued]:
             s.close()

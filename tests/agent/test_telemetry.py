@@ -71,10 +71,14 @@ def test_samples_label_their_energy_method_and_attribute_joules_per_shard():
 
 
 def test_metrics_endpoint_serves_base_units():
-    port = metrics.start_metrics_server(0)
+    port, stop = metrics.start_metrics_server(0)
     metrics.observe_inference("f" * 64, 0.004, 0.01)
     metrics.observe_request("ok")
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                      timeout=5).read().decode()
+    finally:
+        stop()
     assert 'layerfleet_inference_seconds_count{shard="ffffffffffff"} 1.0' in body
     assert 'layerfleet_inference_joules_total{shard="ffffffffffff"} 0.01' in body
     assert 'layerfleet_requests_total{status="ok"} 1.0' in body

@@ -144,20 +144,22 @@ class ListRoutesReply(_message.Message):
     def __init__(self, routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("request_id", "deployment", "stage", "tensors", "more", "cancel")
+    __slots__ = ("request_id", "deployment", "stage", "tensors", "more", "cancel", "timeout_s")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     deployment: str
     stage: int
     tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     more: bool
     cancel: bool
-    def __init__(self, request_id: _Optional[int] = ..., deployment: _Optional[str] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., more: _Optional[bool] = ..., cancel: _Optional[bool] = ...) -> None: ...
+    timeout_s: float
+    def __init__(self, request_id: _Optional[int] = ..., deployment: _Optional[str] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., more: _Optional[bool] = ..., cancel: _Optional[bool] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class HopTiming(_message.Message):
     __slots__ = ("device_id", "stage", "queue_s", "compute_s", "forward_s")

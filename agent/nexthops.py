@@ -1,0 +1,433 @@
+"""Where this agent sends a request after its stage: the next hops, and failover between
+replicas.
+
+A `NextHop` is this agent's connection to one next-hop address: a carrier (carriers.py),
+opened on first use, and the requests waiting on it. Connecting never holds a lock shared
+with other addresses, and at most one connect per address is in flight; the request
+threads that need it wait for that one, up to their deadline.
+
+A `Ticket` is one forwarded request. It goes to one replica (BALANCED: the usable one with
+fewest requests outstanding) or to hedge_k of them at once (HEDGED), and is answered exactly
+once, with the first good answer. Inference is a pure function of its input, so a copy
+that fails before answering (the hop died, refused, was draining) is sent again to a
+replica not tried yet, and a copy that has not answered after a few times the hop's usual
+round trip (a stalled device) gets a speculative twin on another replica; whichever
+answers first wins and the others are cancelled. Past the request's deadline it fails with
+DEADLINE_EXCEEDED and every copy is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from layerfleet.agent import answers, carriers, transport, wire
+from layerfleet.agent.answers import Answer, Failure, Outputs, Raw
+from layerfleet.agent.carriers import Carrier, Outstanding
+from layerfleet.agent.errors import DeadlineExceeded, StatusError, Unavailable
+from layerfleet.agent.timers import Timer, Timers
+from layerfleet.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+# A copy that fails with one of these may succeed elsewhere (or later): try another replica.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
+# A stalled replica is given this many times its usual round trip before a twin is sent
+# elsewhere, within these bounds (seconds).
+HEDGE_FACTOR = 4.0
+HEDGE_MIN_S = 0.15
+HEDGE_MAX_S = 1.0
+# An address that failed is skipped for this long while another replica is usable.
+BACKOFF_S = 2.0
+# A next hop that takes no bytes for this long is stalled: the connection is given up.
+SEND_STALL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A live carrier to a next hop and the tickets waiting on it (a replacement carrier
+    gets its own, so one that ends fails only what it carried)."""
+
+    carrier: Carrier
+    waiting: Outstanding[Ticket]
+
+
+class NextHop:
+    """This agent's connection to one next-hop address."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.connection: Connection | None = None
+        self.failed_at = -1e9        # monotonic time of the last failure
+        self.suspect_until = -1e9    # a copy here stalled: avoid it until then
+        self.round_trip_s = 0.0      # recent answers' round trip (EWMA)
+
+    @property
+    def outstanding(self) -> int:
+        connection = self.connection
+        return len(connection.waiting) if connection is not None else 0
+
+    def usable(self, now: float) -> bool:
+        return now - self.failed_at > BACKOFF_S and now > self.suspect_until
+
+    def answered_in(self, seconds: float) -> None:
+        self.round_trip_s = seconds if not self.round_trip_s else \
+            0.8 * self.round_trip_s + 0.2 * seconds
+        self.suspect_until = -1e9
+
+    @property
+    def hedge_after_s(self) -> float:
+        return min(max(HEDGE_FACTOR * self.round_trip_s, HEDGE_MIN_S), HEDGE_MAX_S)
+
+
+class NextHops:
+    """Every next hop of this agent, by address (thread-safe)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timers: Timers, *,
+                 use_data_ports: bool = True, chunk_bytes: int | None = None,
+                 workers: int = 4) -> None:
+        self.loop = loop
+        self.timers = timers
+        self.use_data_ports = use_data_ports
+        self.chunk_bytes = chunk_bytes or wire.DEFAULT_CHUNK_BYTES
+        self._hops: dict[str, NextHop] = {}
+        self._connecting: dict[str, concurrent.futures.Future[Connection]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._lock = threading.Lock()   # held for dictionary updates only, never for I/O
+        # Retries and speculative twins are sent from here, not from a reader or timer
+        # thread (a send may wait on a connect or a full socket).
+        self.forwarders = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="retry")
+
+    def hop(self, address: str) -> NextHop:
+        with self._lock:
+            hop = self._hops.get(address)
+            if hop is None:
+                hop = self._hops[address] = NextHop(address)
+            return hop
+
+    def kind(self, address: str) -> str:
+        """How requests reach `address` now: 'dataport', 'grpc', or '' (not connected)."""
+        connection = self.hop(address).connection
+        return connection.carrier.kind if connection is not None else ""
+
+    def preference(self, addresses: Sequence[str]) -> list[NextHop]:
+        """The replicas in the order to try them: usable ones first, fewest outstanding."""
+        now = time.monotonic()
+        hops = [self.hop(a) for a in addresses]
+        return sorted(hops, key=lambda h: (not h.usable(now), h.outstanding))
+
+    def connection(self, hop: NextHop, timeout_s: float) -> Connection:
+        """The hop's live connection, connecting (once, for every thread that asks) if
+        needed; Unavailable if it cannot be reached within `timeout_s`."""
+        connection = hop.connection
+        if connection is not None and connection.carrier.alive:
+            return connection
+        with self._lock:
+            future = self._connecting.get(hop.address)
+            if future is None or future.done():
+                future = self._connecting[hop.address] = asyncio.run_coroutine_threadsafe(
+                    self._connect(hop), self.loop)
+        try:
+            return future.result(timeout=max(timeout_s, 0.001))
+        except concurrent.futures.TimeoutError:
+            raise Unavailable(f"next hop {hop.address} did not connect within "
+                              f"{timeout_s:.1f} s") from None
+        except StatusError:
+            hop.failed_at = time.monotonic()
+            raise
+
+    async def _connect(self, hop: NextHop) -> Connection:
+        channel = self._channels.get(hop.address)
+        if channel is None:
+            channel = self._channels[hop.address] = transport.channel(hop.address)
+        waiting: Outstanding[Ticket] = Outstanding()
+
+        def on_answer(answer: Answer) -> None:
+            ticket = waiting.pop(answer.request_id)
+            if ticket is not None:
+                ticket.answered(hop, answer)
+
+        def on_lost(error: StatusError) -> None:
+            hop.failed_at = time.monotonic()
+            for ticket in waiting.drain():
+                ticket.answered(hop, Failure(0, error.code, error.message))
+
+        try:
+            carrier = await carriers.connect(
+                hop.address, channel, use_data_port=self.use_data_ports, blocking=True,
+                on_answer=self._off_loop(on_answer), on_lost=self._off_loop(on_lost),
+                chunk_bytes=self.chunk_bytes)
+        except StatusError:
+            hop.failed_at = time.monotonic()
+            raise
+        if isinstance(carrier, carriers.DataPortCarrier):
+            carrier.set_send_stall(SEND_STALL_S)
+        else:
+            carrier = _OnLoop(carrier, self.loop)
+        hop.connection = Connection(carrier, waiting)
+        return hop.connection
+
+    def _off_loop(self, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+        """Answers from a gRPC carrier arrive on the loop; relaying one may wait on a slow
+        sender's socket, which must not be the loop's."""
+        def deliver(item: Any) -> None:
+            if _on_loop(self.loop):
+                self.forwarders.submit(callback, item)
+            else:
+                callback(item)
+        return deliver
+
+    def close(self) -> None:
+        with self._lock:
+            hops, self._hops = list(self._hops.values()), {}
+            connecting, self._connecting = list(self._connecting.values()), {}
+            channels, self._channels = list(self._channels.values()), {}
+        for future in connecting:
+            future.cancel()
+        for hop in hops:
+            if hop.connection is not None:
+                hop.connection.carrier.close()
+        for channel in channels:
+            asyncio.run_coroutine_threadsafe(channel.close(), self.loop)
+        self.forwarders.shutdown(wait=True, cancel_futures=True)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class _OnLoop:
+    """A carrier that lives on the event loop (gRPC), used from request threads."""
+
+    def __init__(self, carrier: Carrier, loop: asyncio.AbstractEventLoop) -> None:
+        self._carrier = carrier
+        self._loop = loop
+        self.address = carrier.address
+        self.kind = carrier.kind
+
+    @property
+    def alive(self) -> bool:
+        return self._carrier.alive
+
+    def send(self, request_id: int, deployment: str, stage: int,
+             arrays: Mapping[str, np.ndarray], timeout_s: float) -> None:
+        self._loop.call_soon_threadsafe(self._carrier.send, request_id, deployment, stage,
+                                        arrays, timeout_s)
+
+    def cancel(self, request_id: int) -> None:
+        self._loop.call_soon_threadsafe(self._carrier.cancel, request_id)
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._carrier.close)
+
+
+class Ticket:
+    """One request this agent forwarded to the next stage (see the module docstring).
+
+    `reply` is called exactly once with the answer for our sender, unless `cancel` came
+    first (then never). Answers arrive on carriers' reader threads and the retry workers.
+    """
+
+    def __init__(self, hops: NextHops, request_id: int, mine: agent_pb2.HopTiming, *,
+                 deployment: str, stage: int, outputs: Mapping[str, np.ndarray],
+                 replicas: Sequence[str], hedge_k: int, deadline: float,
+                 reply: Callable[[Answer], None]) -> None:
+        self.hops = hops
+        self.request_id = request_id
+        self.mine = mine
+        self.deployment = deployment
+        self.stage = stage
+        self.outputs = outputs
+        self.reply = reply
+        self.deadline = deadline
+        self.sent_at = time.perf_counter()
+        self._replicas = list(replicas)
+        self._hedge_k = hedge_k
+        self._lock = threading.Lock()
+        self._tried: set[str] = set()
+        self._copies: dict[str, _Copy] = {}   # by address: one copy per replica
+        self._errors: list[Failure] = []
+        self._timers: list[Timer] = []
+        self.done = False
+
+    # -- sending ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send the first copy (copies, when hedged); called by the request's own thread."""
+        remaining = self.deadline - time.monotonic()
+        self._timers.append(self.hops.timers.call_later(remaining, self._expired))
+        for _ in range(max(self._hedge_k, 1)):
+            if not self._send_next():
+                break
+
+    def _send_next(self) -> bool:
+        """Send a copy to the best replica not tried yet; False when none is left (the
+        failure that left none is recorded and answered once every copy is done)."""
+        while True:
+            with self._lock:
+                if self.done:
+                    return False
+                untried = [a for a in self._replicas if a not in self._tried]
+                if not untried:
+                    settled = not self._copies
+                    break
+                hop = self.hops.preference(untried)[0]
+                self._tried.add(hop.address)
+            try:
+                self._send(hop)
+                return True
+            except StatusError as exc:
+                with self._lock:
+                    self._errors.append(Failure(self.request_id, exc.code, exc.message))
+        if settled:
+            self._give_up()
+        return False
+
+    def _send(self, hop: NextHop) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"{self.deployment} stage {self.stage}: deadline passed "
+                                   f"before {hop.address} was reached")
+        connection = self.hops.connection(hop, remaining)
+        request_id = connection.waiting.add(self)
+        with self._lock:
+            if self.done:
+                connection.waiting.pop(request_id)
+                return
+            self._copies[hop.address] = _Copy(hop, connection, request_id, time.perf_counter())
+        try:
+            connection.carrier.send(request_id, self.deployment, self.stage, self.outputs,
+                                    max(self.deadline - time.monotonic(), 1e-3))
+        except StatusError:
+            connection.waiting.pop(request_id)
+            with self._lock:
+                self._copies.pop(hop.address, None)
+            hop.failed_at = time.monotonic()
+            raise
+        if len(self._replicas) > len(self._tried):   # a twin could go elsewhere if this stalls
+            self._timers.append(self.hops.timers.call_later(
+                hop.hedge_after_s, lambda: self._stalled(hop)))
+
+    # -- answers ------------------------------------------------------------------------
+
+    def answered(self, hop: NextHop, answer: Answer) -> None:
+        with self._lock:
+            copy = self._copies.pop(hop.address, None)
+            if self.done or copy is None:
+                return
+        hop.answered_in(time.perf_counter() - copy.sent_at)
+        if isinstance(answer, Failure):
+            self._copy_failed(answer)
+        else:
+            self._succeeded(answer)
+
+    def _succeeded(self, answer: Outputs | Raw) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+            others = list(self._copies.values())
+            self._copies.clear()
+        self._stop_timers()
+        self._cancel(others)   # hedged or speculative twins still running
+        self.mine.forward_s = time.perf_counter() - self.sent_at
+        self.reply(answers.relay(self.request_id, self.mine, answer))
+
+    def _copy_failed(self, failure: Failure) -> None:
+        with self._lock:
+            self._errors.append(failure)
+            outstanding = bool(self._copies)
+        if failure.code in RETRYABLE:
+            self.hops.forwarders.submit(self._send_next_or_settle)
+        elif not outstanding:
+            self._give_up()
+
+    def _send_next_or_settle(self) -> None:
+        if not self._send_next():
+            with self._lock:
+                settled = not self._copies
+            if settled:
+                self._give_up()
+
+    def _stalled(self, hop: NextHop) -> None:
+        """A copy has not answered in a few round trips: a twin goes elsewhere."""
+        with self._lock:
+            if self.done or hop.address not in self._copies:
+                return
+        hop.suspect_until = time.monotonic() + BACKOFF_S
+        self.hops.forwarders.submit(self._send_next)
+
+    def _expired(self) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+            copies = list(self._copies.values())
+            self._copies.clear()
+        self._stop_timers()
+        self._cancel(copies)
+        where = ", ".join(c.hop.address for c in copies) or "no replica"
+        self.reply(Failure(self.request_id, grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"{self.deployment} stage {self.stage}: no answer from {where} "
+                           f"before the deadline"))
+
+    def _give_up(self) -> None:
+        """Every replica tried, every copy failed: answer with the first real failure."""
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+        self._stop_timers()
+        first = next((e for e in self._errors if e.code not in RETRYABLE),
+                     self._errors[0] if self._errors else None)
+        if first is None:
+            first = Failure(0, grpc.StatusCode.UNAVAILABLE,
+                            f"{self.deployment} stage {self.stage}: no replica to send to")
+        self.reply(Failure(self.request_id, first.code, first.message))
+
+    # -- giving up ----------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Our sender gave up: drop every copy downstream, answer nothing."""
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+            copies = list(self._copies.values())
+            self._copies.clear()
+        self._stop_timers()
+        self._cancel(copies)
+
+    @staticmethod
+    def _cancel(copies: list[_Copy]) -> None:
+        for copy in copies:
+            if copy.connection.waiting.pop(copy.request_id) is not None:
+                copy.connection.carrier.cancel(copy.request_id)
+
+    def _stop_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    """One copy of a ticket's request, sent to one replica."""
+
+    hop: NextHop
+    connection: Connection
+    request_id: int
+    sent_at: float
