@@ -226,6 +226,8 @@ def extract_tar(data: bytes, target: Path) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+            files: set[PurePosixPath] = set()
+            dirs: set[PurePosixPath] = set()
             total = 0
             for member in tar:
                 if len(members) >= MAX_TAR_MEMBERS:
@@ -243,6 +245,13 @@ def extract_tar(data: bytes, target: Path) -> None:
                 total += member.size
                 if total > MAX_TAR_BYTES:
                     raise refuse(f"more than {MAX_TAR_BYTES} bytes once unpacked")
+                # A path twice (a file, or a file and a directory), or a file standing where
+                # a directory must be: refused before anything is written.
+                if path in files or (member.isfile() and path in dirs) or \
+                        any(parent in files for parent in path.parents):
+                    raise refuse(f"member {member.name[:100]!r} appears twice")
+                (files if member.isfile() else dirs).add(path)
+                dirs.update(path.parents)  # made on the way to this member
                 members.append((member, path))
             target.mkdir(mode=0o700)
             for member, path in members:
