@@ -4,10 +4,11 @@ and browser paths are given, so Selenium Manager never looks for its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,19 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 ARTIFACTS_ENV = "LAYERFLEET_ARTIFACTS"
 
 
-@contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[Any]:
-    """A WebDriver for a fresh headless Chromium with its own profile directory."""
+@contextlib.asynccontextmanager
+async def chromium(profile: Path) -> AsyncIterator[Any]:
+    """A WebDriver for a fresh headless Chromium with its own profile directory. Started and
+    stopped in a thread: the daemons under test share this event loop and must keep
+    heartbeating while the browser starts."""
+    driver = await asyncio.to_thread(_start, profile)
+    try:
+        yield driver
+    finally:
+        await asyncio.to_thread(driver.quit)
+
+
+def _start(profile: Path) -> Any:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
         pytest.skip(f"no browser test: {', '.join(missing)} missing "
@@ -45,11 +56,8 @@ def chromium(profile: Path) -> Iterator[Any]:
     except WebDriverException as exc:
         first = (exc.msg or str(exc)).strip().splitlines()[0]
         pytest.skip(f"no browser test: chromium cannot start here: {first}")
-    try:
-        driver.set_page_load_timeout(20)
-        yield driver
-    finally:
-        driver.quit()
+    driver.set_page_load_timeout(20)
+    return driver
 
 
 def save_screenshot(driver: Any, path: Path) -> Path:

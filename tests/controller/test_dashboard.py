@@ -61,7 +61,7 @@ def page_state(driver: Any) -> dict[str, Any]:
 async def deploy_small(fleet: LocalFleet, tmp_path: Any) -> Any:
     pin_speed(fleet.controller)  # equal devices: the throughput plan uses all three
     with fleet.client() as client:
-        await call(client.register_file, save_small_model(tmp_path / "small.keras"))
+        await call(client.register_file, await call(save_small_model, tmp_path / "small.keras"))
         await call(lambda: list(client.deploy("small", objective="throughput")))
         # Converting holds the GIL long enough for the tests' 0.3 s heartbeats to be missed
         # now and then: let a device marked down meanwhile come back before looking.
@@ -80,7 +80,7 @@ async def test_dashboard_shows_the_fleet_and_a_deployment_and_follows_them_live(
     url = fleet.controller.dashboard.url
     ids = {a.device_id for a in fleet.agents}
 
-    with chromium(tmp_path / "chromium-profile") as driver:
+    async with chromium(tmp_path / "chromium-profile") as driver:
         await call(driver.get, url)
         shown = await until(lambda: (s := page_state(driver))["devices"] and
                             s["deployments"].get("small") and s, "fleet and deployment")
@@ -101,7 +101,7 @@ async def test_dashboard_shows_the_fleet_and_a_deployment_and_follows_them_live(
             "20 requests on the page"))["stages"]
         assert all("measured" in s["text"] and "– measured" not in s["text"] for s in small), \
             [s["text"] for s in small]
-        shot = save_screenshot(driver, tmp_path / "dashboard.png")
+        shot = await call(save_screenshot, driver, tmp_path / "dashboard.png")
         assert shot.stat().st_size > 10_000
 
         # The plan preview: the same candidates as the Plan RPC, side by side.
@@ -113,7 +113,7 @@ async def test_dashboard_shows_the_fleet_and_a_deployment_and_follows_them_live(
             "[...c.querySelectorAll('.stage[data-device]')].map(s => s.dataset.device))"),
             "plan candidates")
         assert cards == [[s.device for s in c.stages] for c in rpc.candidates]
-        save_screenshot(driver, tmp_path / "dashboard-plan.png")
+        await call(save_screenshot, driver, tmp_path / "dashboard-plan.png")
 
         # An agent stops: the page shows it down and the deployment degraded, live.
         await call(driver.get, url)
@@ -128,7 +128,7 @@ async def test_dashboard_shows_the_fleet_and_a_deployment_and_follows_them_live(
         assert [s["state"] for s in after["deployments"]["small"]["stages"]] == \
             ["ready", "down", "ready"]
         assert "device.down" in after["events"] and "deploy.degraded" in after["events"]
-        save_screenshot(driver, tmp_path / "dashboard-degraded.png")
+        await call(save_screenshot, driver, tmp_path / "dashboard-degraded.png")
 
 
 def _get(url: str) -> tuple[int, dict[str, str], bytes]:

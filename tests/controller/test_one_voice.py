@@ -25,7 +25,7 @@ X = np.random.default_rng(0).random((1, 12, 12, 1), dtype=np.float32)
 
 async def _deployed(fleet, tmp_path) -> list:
     with fleet.client() as client:
-        await call(client.register_file, save_small_model(tmp_path / "small.keras"))
+        await call(client.register_file, await call(save_small_model, tmp_path / "small.keras"))
         return await call(lambda: list(client.deploy("small", objective="throughput")))
 
 
@@ -100,7 +100,8 @@ async def test_a_header_without_a_required_field_names_the_field(fleet, missing,
 
 async def test_model_info_deployment_and_infer_name_and_shape_tensors_alike(fleet, tmp_path):
     with fleet.client() as client:
-        info = await call(client.register_file, save_small_model(tmp_path / "small.keras"))
+        model = await call(save_small_model, tmp_path / "small.keras")
+        info = await call(client.register_file, model)
         await call(lambda: list(client.deploy("small", objective="throughput")))
         dep = await call(client.deployment, "small")
         result = await call(client.infer, "small", {"pixels": X})
