@@ -18,6 +18,7 @@ class Budget:
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self._held = 0
+        self._peak = 0   # the most held since the last call of `burst_over`
         self._lock = threading.Lock()
 
     @property
@@ -32,6 +33,16 @@ class Budget:
                     f"agent busy: {self._held} bytes of requests in flight, {nbytes} more "
                     f"would pass --max-inflight-bytes ({self.limit_bytes})")
             self._held += nbytes
+            self._peak = max(self._peak, self._held)
+
+    def burst_over(self, min_bytes: int) -> bool:
+        """True (once) when nothing is held now and at least `min_bytes` were held at some
+        point since the last True: the moment to give memory back."""
+        with self._lock:
+            if self._held or self._peak < min_bytes:
+                return False
+            self._peak = 0
+            return True
 
     def give(self, nbytes: int) -> None:
         with self._lock:

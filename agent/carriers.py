@@ -336,8 +336,7 @@ class GrpcCarrier:
             async for message in self._call:
                 done = assembler.add(message)
                 if done is not None:
-                    last, arrays = done
-                    self._on_answer(answers.from_response(last, arrays))   # type: ignore[arg-type]
+                    self._on_answer(answers.from_response(done.first, done.arrays))
             error: StatusError = Unavailable(f"next hop {self.address} closed the stream")
         except grpc.aio.AioRpcError as exc:
             error = unreachable(self.address, exc.details())

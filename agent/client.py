@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
-from layerfleet.agent import transport
+from layerfleet.agent import failover, transport
 from layerfleet.agent.answers import Outputs
-from layerfleet.agent.errors import StatusError
+from layerfleet.agent.errors import DeadlineExceeded, StatusError
 from layerfleet.agent.stream import DEFAULT_TIMEOUT_S, InferStream
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -38,6 +38,10 @@ class AgentClient:
                  use_data_port: bool = True) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        # What failover (infer_any) knows of this agent as a replica.
+        self.failed_at = -1e9
+        self.stalled_at = -1e9
+        self.round_trip_s = 0.0
         self._channel = transport.channel(address)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         # Inference over the agent's data port when it offers one (stream.py).
@@ -105,6 +109,10 @@ class AgentClient:
         failure, DEADLINE_EXCEEDED past `timeout_s` (every hop drops it then too)."""
         return await self._stream.infer(deployment, stage, inputs, timeout_s=timeout_s)
 
+    def replica(self) -> failover.Replica:
+        return failover.Replica(self.address, self._stream.outstanding, self.failed_at,
+                                self.stalled_at, self.round_trip_s)
+
     async def benchmark(self, runs: int = 5) -> agent_pb2.BenchmarkReply:
         return await self._unary(self._stub.Benchmark, agent_pb2.BenchmarkRequest(runs=runs),
                                  timeout=120)
@@ -152,6 +160,76 @@ class AgentClient:
 
     async def __aexit__(self, *_: Any) -> None:
         await self.close()
+
+
+async def infer_any(replicas: Sequence[AgentClient], deployment: str,
+                    inputs: Mapping[str, np.ndarray], *, stage: int = 0,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[Outputs, AgentClient]:
+    """One request to whichever of several agents serving the same stage answers it,
+    following failover.py's rules (the asyncio twin of nexthops.Ticket): a copy that fails
+    retryably goes to a replica not tried yet, a copy that stalls gets a twin, the first
+    good answer wins and the others are cancelled. Returns the answer and who gave it;
+    StatusError when every replica failed, DEADLINE_EXCEEDED past `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    by_address = {r.address: r for r in replicas}
+    tried: set[str] = set()
+    failures: list[tuple[grpc.StatusCode, str]] = []
+    running: dict[asyncio.Task[Outputs], AgentClient] = {}
+
+    async def ask(client: AgentClient) -> Outputs:
+        started = loop.time()
+        answer = await client.infer(deployment, inputs, stage=stage,
+                                    timeout_s=max(deadline - started, 1e-3))
+        client.round_trip_s = failover.round_trip(client.round_trip_s, loop.time() - started)
+        client.stalled_at = -1e9
+        return answer
+
+    def launch() -> AgentClient | None:
+        ranked = failover.order([r.replica() for r in replicas], tried, time.monotonic())
+        if not ranked:
+            return None
+        client = by_address[ranked[0].address]
+        tried.add(client.address)
+        running[asyncio.ensure_future(ask(client))] = client
+        return client
+
+    latest = launch()
+    try:
+        while running:
+            remaining = deadline - loop.time()
+            wait_s = remaining
+            if latest is not None and len(tried) < len(replicas):
+                wait_s = min(wait_s, failover.hedge_after_s(latest.replica()))
+            done, _ = await asyncio.wait(running, timeout=max(wait_s, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                if deadline - loop.time() <= 0:
+                    break
+                for client in running.values():   # stalled: a twin goes elsewhere
+                    client.stalled_at = time.monotonic()
+                latest = launch() or latest
+                continue
+            for task in done:
+                client = running.pop(task)
+                error = task.exception()
+                if error is None:
+                    return task.result(), client
+                if not isinstance(error, StatusError):
+                    raise error
+                failures.append((error.code, error.message))
+                if error.code == grpc.StatusCode.UNAVAILABLE:
+                    client.failed_at = time.monotonic()
+                if failover.retryable(error.code):
+                    latest = launch() or latest
+        found = failover.verdict(failures)
+        if found is None or deadline - loop.time() <= 0:
+            raise DeadlineExceeded(f"{deployment} stage {stage}: no answer from "
+                                   f"{', '.join(sorted(tried))} within {timeout_s:g} s")
+        raise StatusError(*found)
+    finally:
+        for task in running:
+            task.cancel()
 
 
 async def probe_link(client: AgentClient, nbytes: int = 4 << 20, pings: int = 7

@@ -280,11 +280,16 @@ class FrameReader(Generic[Message]):
                 or self._target is not None)
 
     def abandon(self) -> None:
-        """The connection ended: give back what the frame in progress had reserved."""
+        """The connection ended: give back what the frame in progress had reserved, and the
+        scratch buffer (the reader may live on in a reference cycle until the next full
+        garbage collection; its memory should not)."""
         if self._frame is not None and self._budget is not None and self._frame.held_bytes:
             self._budget.give(self._frame.held_bytes)
             self._frame.held_bytes = 0
         self._frame = self._target = None
+        self._view.release()
+        self._scratch = bytearray()
+        self._view = memoryview(self._scratch)
 
     def get_buffer(self) -> memoryview:
         if self._target is not None:

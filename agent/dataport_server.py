@@ -237,6 +237,7 @@ class DataPortServer:
         self.draining = False
         self.refused = 0    # connections told BUSY
         self._accept_failures = 0   # in a row
+        self._most = 0
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._upstreams: set[Upstream] = set()
@@ -268,6 +269,13 @@ class DataPortServer:
         """Still accepting connections (health and the watchdog report it)."""
         return (self._acceptor is not None and self._acceptor.is_alive()
                 and self._accept_failures < ACCEPT_FAILURES_UNHEALTHY)
+
+    def most_connections(self) -> int:
+        """The most connections open at once since the last call (main.py gives memory
+        back after a storm of them)."""
+        with self._lock:
+            most, self._most = self._most, len(self._upstreams)
+            return most
 
     @property
     def connections(self) -> list[Upstream]:
@@ -315,6 +323,7 @@ class DataPortServer:
         with self._lock:
             self._upstreams.add(upstream)
             self._threads.add(thread)
+            self._most = max(self._most, len(self._upstreams))
         try:
             thread.start()
         except RuntimeError as exc:   # no thread to be had (TasksMax, memory)
@@ -342,7 +351,9 @@ class DataPortServer:
 
     def _refuse(self, upstream: Upstream, why: str) -> None:
         self.refused += 1
-        log.warning("data port: refusing %s: %s (it falls back to gRPC)", upstream.peer, why)
+        if self.refused == 1 or self.refused % 100 == 0:   # a storm logs a line, not a flood
+            log.warning("data port: refusing %s: %s (it falls back to gRPC; %d refused so "
+                        "far)", upstream.peer, why, self.refused)
         try:
             upstream.sock.sendall(dataport.BUSY)
         except OSError:

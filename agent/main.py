@@ -27,7 +27,7 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from layerfleet import __version__
-from layerfleet.agent import files, reflection, sdnotify, transport
+from layerfleet.agent import files, memory, reflection, sdnotify, transport
 from layerfleet.agent.budget import Budget
 from layerfleet.agent.dataport_server import DataPortServer
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
@@ -40,6 +40,9 @@ from layerfleet.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("layerfleet.agent")
 HEALTH_INTERVAL_S = 5.0   # how often health is checked when systemd sets no watchdog
+# After a burst that held this much, free memory is given back (memory.py) once it is over.
+TRIM_AFTER_BYTES = 16 << 20
+TRIM_AFTER_CONNECTIONS = 16
 
 
 def default_state_dir() -> Path:
@@ -264,7 +267,8 @@ class AgentServer:
             _, self._stop_metrics = metrics.start_metrics_server(self.settings.metrics_port)
             self._tasks.append(asyncio.create_task(self._metrics_loop()))
         self._tasks.append(asyncio.create_task(
-            self._watchdog(sdnotify.watchdog_interval_s() or HEALTH_INTERVAL_S)))
+            self._watchdog(min(sdnotify.watchdog_interval_s() or HEALTH_INTERVAL_S,
+                               HEALTH_INTERVAL_S))))
         sdnotify.notify("READY=1\nSTATUS=serving on " + self.address)
         return self.address
 
@@ -300,7 +304,23 @@ class AgentServer:
         """Health checks and systemd see a data port that cannot accept: health goes
         NOT_SERVING and the watchdog stops, so systemd restarts the agent."""
         reported = True
+        trims = 0   # still to do: one when a burst ends, one more a loop later for what the
+        uploads = 0   # senders' connections released as they wound down
         while True:
+            connections, most = 0, 0
+            if self.dataport is not None:
+                most, connections = self.dataport.most_connections(), \
+                    len(self.dataport.connections)
+            # A burst of requests, of connections (a thread and buffers each) or of shard
+            # uploads is over.
+            if self.budget.burst_over(TRIM_AFTER_BYTES) or \
+                    most - connections >= TRIM_AFTER_CONNECTIONS or \
+                    self.service is not None and self.service.uploads_started != uploads:
+                uploads = self.service.uploads_started if self.service is not None else 0
+                trims = 2
+            if trims:
+                trims -= 1
+                await asyncio.to_thread(memory.trim)
             healthy = self.healthy
             if healthy:
                 sdnotify.notify("WATCHDOG=1")

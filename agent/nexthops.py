@@ -6,14 +6,13 @@ opened on first use, and the requests waiting on it. Connecting never holds a lo
 with other addresses, and at most one connect per address is in flight; the request
 threads that need it wait for that one, up to their deadline.
 
-A `Ticket` is one forwarded request. It goes to one replica (BALANCED: the usable one with
-fewest requests outstanding) or to hedge_k of them at once (HEDGED), and is answered exactly
-once, with the first good answer. Inference is a pure function of its input, so a copy
-that fails before answering (the hop died, refused, was draining) is sent again to a
-replica not tried yet, and a copy that has not answered after a few times the hop's usual
-round trip (a stalled device) gets a speculative twin on another replica; whichever
-answers first wins and the others are cancelled. Past the request's deadline it fails with
-DEADLINE_EXCEEDED and every copy is cancelled.
+A `Ticket` is one forwarded request. It goes to one replica (BALANCED) or to hedge_k of them
+at once (HEDGED), and is answered exactly once, with the first good answer. The failover
+rules (failover.py) say which replica next: a copy that fails before answering (the hop
+died, refused, was draining) goes again to a replica not tried yet, and a copy that has not
+answered after a few of the hop's usual round trips (a stalled device) gets a twin on
+another replica; whichever answers first wins and the others are cancelled. Past the
+request's deadline it fails with DEADLINE_EXCEEDED and every copy is cancelled.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from layerfleet.agent import answers, carriers, transport, wire
+from layerfleet.agent import answers, carriers, failover, transport, wire
 from layerfleet.agent.answers import Answer, Failure, Outputs, Raw
 from layerfleet.agent.carriers import Carrier, Outstanding
 from layerfleet.agent.errors import DeadlineExceeded, StatusError, Unavailable
@@ -38,16 +37,6 @@ from layerfleet.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
-# A copy that fails with one of these may succeed elsewhere (or later): try another replica.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
-# A stalled replica is given this many times its usual round trip before a twin is sent
-# elsewhere, within these bounds (seconds).
-HEDGE_FACTOR = 4.0
-HEDGE_MIN_S = 0.15
-HEDGE_MAX_S = 1.0
-# An address that failed is skipped for this long while another replica is usable.
-BACKOFF_S = 2.0
 # A next hop that takes no bytes for this long is stalled: the connection is given up.
 SEND_STALL_S = 5.0
 
@@ -62,13 +51,13 @@ class Connection:
 
 
 class NextHop:
-    """This agent's connection to one next-hop address."""
+    """This agent's connection to one next-hop address, and what failover knows of it."""
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.connection: Connection | None = None
         self.failed_at = -1e9        # monotonic time of the last failure
-        self.suspect_until = -1e9    # a copy here stalled: avoid it until then
+        self.stalled_at = -1e9       # monotonic time a copy here last stalled
         self.round_trip_s = 0.0      # recent answers' round trip (EWMA)
 
     @property
@@ -76,17 +65,13 @@ class NextHop:
         connection = self.connection
         return len(connection.waiting) if connection is not None else 0
 
-    def usable(self, now: float) -> bool:
-        return now - self.failed_at > BACKOFF_S and now > self.suspect_until
+    def replica(self) -> failover.Replica:
+        return failover.Replica(self.address, self.outstanding, self.failed_at,
+                                self.stalled_at, self.round_trip_s)
 
     def answered_in(self, seconds: float) -> None:
-        self.round_trip_s = seconds if not self.round_trip_s else \
-            0.8 * self.round_trip_s + 0.2 * seconds
-        self.suspect_until = -1e9
-
-    @property
-    def hedge_after_s(self) -> float:
-        return min(max(HEDGE_FACTOR * self.round_trip_s, HEDGE_MIN_S), HEDGE_MAX_S)
+        self.round_trip_s = failover.round_trip(self.round_trip_s, seconds)
+        self.stalled_at = -1e9
 
 
 class NextHops:
@@ -120,11 +105,12 @@ class NextHops:
         connection = self.hop(address).connection
         return connection.carrier.kind if connection is not None else ""
 
-    def preference(self, addresses: Sequence[str]) -> list[NextHop]:
-        """The replicas in the order to try them: usable ones first, fewest outstanding."""
-        now = time.monotonic()
-        hops = [self.hop(a) for a in addresses]
-        return sorted(hops, key=lambda h: (not h.usable(now), h.outstanding))
+    def best(self, addresses: Sequence[str], tried: set[str]) -> NextHop | None:
+        """The replica to try next (failover.order), None when every one was tried."""
+        hops = {a: self.hop(a) for a in addresses}
+        ranked = failover.order([h.replica() for h in hops.values()], tried,
+                                time.monotonic())
+        return hops[ranked[0].address] if ranked else None
 
     def connection(self, hop: NextHop, timeout_s: float) -> Connection:
         """The hop's live connection, connecting (once, for every thread that asks) if
@@ -281,11 +267,10 @@ class Ticket:
             with self._lock:
                 if self.done:
                     return False
-                untried = [a for a in self._replicas if a not in self._tried]
-                if not untried:
+                hop = self.hops.best(self._replicas, self._tried)
+                if hop is None:
                     settled = not self._copies
                     break
-                hop = self.hops.preference(untried)[0]
                 self._tried.add(hop.address)
             try:
                 self._send(hop)
@@ -320,7 +305,7 @@ class Ticket:
             raise
         if len(self._replicas) > len(self._tried):   # a twin could go elsewhere if this stalls
             self._timers.append(self.hops.timers.call_later(
-                hop.hedge_after_s, lambda: self._stalled(hop)))
+                failover.hedge_after_s(hop.replica()), lambda: self._stalled(hop)))
 
     # -- answers ------------------------------------------------------------------------
 
@@ -351,7 +336,7 @@ class Ticket:
         with self._lock:
             self._errors.append(failure)
             outstanding = bool(self._copies)
-        if failure.code in RETRYABLE:
+        if failover.retryable(failure.code):
             self.hops.forwarders.submit(self._send_next_or_settle)
         elif not outstanding:
             self._give_up()
@@ -368,7 +353,7 @@ class Ticket:
         with self._lock:
             if self.done or hop.address not in self._copies:
                 return
-        hop.suspect_until = time.monotonic() + BACKOFF_S
+        hop.stalled_at = time.monotonic()
         self.hops.forwarders.submit(self._send_next)
 
     def _expired(self) -> None:
@@ -392,12 +377,10 @@ class Ticket:
                 return
             self.done = True
         self._stop_timers()
-        first = next((e for e in self._errors if e.code not in RETRYABLE),
-                     self._errors[0] if self._errors else None)
-        if first is None:
-            first = Failure(0, grpc.StatusCode.UNAVAILABLE,
-                            f"{self.deployment} stage {self.stage}: no replica to send to")
-        self.reply(Failure(self.request_id, first.code, first.message))
+        code, message = failover.verdict([(e.code, e.message) for e in self._errors]) or (
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self.deployment} stage {self.stage}: no replica to send to")
+        self.reply(Failure(self.request_id, code, message))
 
     # -- giving up ----------------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         self.allow_faults = allow_faults
         self.data_port = data_port
         self.max_request_bytes = max_request_bytes
+        self.uploads_started = 0
 
     # -- description ----------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         except TimeoutError:
             raise DeadlineExceeded(f"upload sent nothing for {STALL_S:.0f} s") from None
         upload = self.store.upload(first.sha256, first.size_bytes)  # refused before the bytes
+        self.uploads_started += 1   # main.py gives memory back after a burst of them
         try:
             chunk = first
             while True:
@@ -234,7 +236,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         # Answers come from worker and next-hop threads; the stream is the loop's.
         session = Session(self.pipeline, lambda a: loop.call_soon_threadsafe(enqueue, a),
                           budget=self.budget)
-        assembler = wire.Assembler(self.max_request_bytes)
+        assembler = wire.Assembler(self.max_request_bytes, self.budget)
 
         def take(message: agent_pb2.InferRequest) -> None:
             if message.cancel:
@@ -253,9 +255,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                                               "log"))
                 return
             if done is not None:
-                first, inputs = done
-                session.submit(message.request_id, first.deployment, first.stage, inputs,
-                               timeout_s=first.timeout_s)
+                session.submit(message.request_id, done.first.deployment, done.first.stage,
+                               done.arrays, timeout_s=done.first.timeout_s,
+                               held_bytes=done.held_bytes)
 
         async def read() -> None:
             messages = _Inbox(request_iterator)
@@ -275,6 +277,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     pass
             finally:
                 messages.close()
+                assembler.close()
                 outbox.put_nowait(None)
 
         reader = asyncio.create_task(read())

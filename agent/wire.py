@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from layerfleet.agent import tensors
-from layerfleet.agent.errors import ResourceExhausted
+from layerfleet.agent.budget import Budget
+from layerfleet.agent.errors import ResourceExhausted, StatusError
 from layerfleet.v1 import agent_pb2, tensor_pb2
 
 # Measured on loopback (bench/agent_latency.py, docs/agent.md): 1 MiB chunks move an
@@ -90,23 +92,35 @@ class _Partial:
     meta: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     size: int = 0        # bytes received so far
     declared: int = 0    # bytes its tensors' shapes need
+    held: int = 0        # of those, reserved in the budget
     updated: float = field(default_factory=time.monotonic)   # its last chunk's arrival
 
 
-class Assembler:
-    """Collects chunked messages per request_id; returns (first message, arrays) when whole.
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A request (or response) with all its chunks: its first message, its arrays, and the
+    bytes reserved for it in the budget, now its receiver's to give back."""
 
-    `max_bytes` bounds one request's tensor bytes (RequestTooLarge past it), so a sender
-    cannot make the agent buffer without end.
+    first: Any
+    arrays: dict[str, np.ndarray]
+    held_bytes: int = 0
+
+
+class Assembler:
+    """Collects chunked messages per request_id; returns a Whole when one is complete.
+
+    `max_bytes` bounds one request's tensor bytes (RequestTooLarge past it), and `budget`,
+    when given, holds what every half-received request declared (ResourceExhausted when it
+    is full), so a sender cannot make the agent buffer without end.
     """
 
-    def __init__(self, max_bytes: int | None = None) -> None:
+    def __init__(self, max_bytes: int | None = None, budget: Budget | None = None) -> None:
         self._partial: dict[int, _Partial] = {}
         self._refused: set[int] = set()
         self.max_bytes = max_bytes
+        self._budget = budget
 
-    def add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse
-            ) -> tuple[object, dict[str, np.ndarray]] | None:
+    def add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse) -> Whole | None:
         request_id = message.request_id
         if request_id in self._refused:   # the rest of a request already refused
             if not message.more:
@@ -114,16 +128,15 @@ class Assembler:
             return None
         try:
             return self._add(message)
-        except (tensors.TensorError, RequestTooLarge):
+        except StatusError:
             # The request is refused as a whole: its later chunks are skipped, not read
             # as a new request (which would answer its id twice).
-            self._partial.pop(request_id, None)
+            self._release(self._partial.pop(request_id, None))
             if message.more:
                 self._refused.add(request_id)
             raise
 
-    def _add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse
-             ) -> tuple[object, dict[str, np.ndarray]] | None:
+    def _add(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse) -> Whole | None:
         request_id = message.request_id
         partial = self._partial.get(request_id)
         size = sum(len(t.data) for t in message.tensors) + (partial.size if partial else 0)
@@ -133,7 +146,7 @@ class Assembler:
                                   f"bytes of tensors, this agent's limit per request "
                                   f"(--max-request-bytes)")
         if partial is None and not message.more:
-            return message, tensors.decode_many(message.tensors)  # zero-copy path
+            return Whole(message, tensors.decode_many(message.tensors))  # zero-copy path
         if partial is None:
             partial = self._partial[request_id] = _Partial(first=message)
         partial.size = size
@@ -148,14 +161,18 @@ class Assembler:
                     raise RequestTooLarge(f"request {request_id} declares {partial.declared} "
                                           f"bytes of tensors, over this agent's limit of "
                                           f"{limit} per request (--max-request-bytes)")
+                if self._budget is not None:
+                    self._budget.take(nbytes)
+                    partial.held += nbytes
                 partial.meta[t.name] = (t.dtype, tuple(t.shape))
             partial.parts.setdefault(t.name, []).append(t.data)
         if message.more:
             return None
-        del self._partial[request_id]
         arrays = {name: tensors.from_bytes(b"".join(chunks), *partial.meta[name], name)
                   for name, chunks in partial.parts.items()}
-        return message if isinstance(message, agent_pb2.InferResponse) else partial.first, arrays
+        del self._partial[request_id]
+        first = message if isinstance(message, agent_pb2.InferResponse) else partial.first
+        return Whole(first, arrays, partial.held)
 
     @property
     def pending(self) -> bool:
@@ -168,10 +185,21 @@ class Assembler:
         now = time.monotonic()
         stale = [rid for rid, p in self._partial.items() if now - p.updated > stall_s]
         for request_id in stale:
-            del self._partial[request_id]
+            self._release(self._partial.pop(request_id))
             self._refused.add(request_id)
         return stale
 
+    def close(self) -> None:
+        """The stream ended: give back what half-received requests held."""
+        for partial in self._partial.values():
+            self._release(partial)
+        self._partial.clear()
+
+    def _release(self, partial: _Partial | None) -> None:
+        if partial is not None and partial.held and self._budget is not None:
+            self._budget.give(partial.held)
+            partial.held = 0
+
     def drop(self, request_id: int) -> None:
-        self._partial.pop(request_id, None)
+        self._release(self._partial.pop(request_id, None))
         self._refused.discard(request_id)

@@ -81,15 +81,18 @@ async def test_a_restarted_agent_keeps_its_shards_and_routes(tmp_path, small_spl
 
 async def test_big_activations_travel_in_chunks_and_arrive_intact(tmp_path, small_split):
     from layerfleet.agent import wire
+    from layerfleet.agent.budget import Budget
 
     x = np.random.default_rng(0).random((1, 512, 1024), dtype=np.float32)  # 2 MiB
     messages = list(wire.requests(7, "d", 0, {"big": x}, chunk_bytes=256 << 10))
     assert len(messages) == 8 and all(m.more for m in messages[:-1])
-    assembler = wire.Assembler()
+    budget = Budget(64 << 20)
+    assembler = wire.Assembler(budget=budget)
     done = [assembler.add(m) for m in messages]
     assert done[:-1] == [None] * 7
-    _, arrays = done[-1]
-    np.testing.assert_array_equal(arrays["big"], x)
+    np.testing.assert_array_equal(done[-1].arrays["big"], x)
+    # What the request declared was held while it arrived, and is now its receiver's.
+    assert done[-1].held_bytes == x.nbytes == budget.held_bytes
 
 
 async def test_a_client_on_grpc_infer_is_served_through_the_agents_data_ports(agents,

@@ -310,3 +310,54 @@ def two_stage_split(tmp_path_factory, shard_cache):
     out = keras.layers.Dense(10, activation="softmax", name="probs")(x)
     return _split(keras.Model(inp, out), [2], tmp_path_factory.mktemp("two"), shard_cache)
 
+
+
+async def test_half_received_grpc_requests_are_held_in_the_budget_and_released(
+        agents, small_split, monkeypatch):
+    """Many chunked requests left half-sent on one stream cannot grow the agent past its
+    budget: each holds what it declared, the one that does not fit is refused, and all of
+    it comes back when they are cut off."""
+    monkeypatch.setattr(service, "STALL_S", 0.5)
+    server = await agents("a", max_inflight_bytes=3 << 20)
+    await deploy_chain(small_split, [server])
+    shape = [1, 256, 1024]   # 1 MiB of float32 declared by each request
+
+    def half(request_id: int) -> agent_pb2.InferRequest:
+        return agent_pb2.InferRequest(
+            request_id=request_id, deployment="d", stage=0, more=True,
+            tensors=[tensor_pb2.Tensor(name="image", dtype=tensor_pb2.FLOAT32, shape=shape,
+                                       data=bytes(1024))])
+
+    release = asyncio.Event()
+
+    async def requests():
+        for i in range(1, 5):
+            yield half(i)
+        await release.wait()
+
+    async with AgentClient(server.address, timeout_s=10) as client:
+        call = agent_pb2_grpc.AgentStub(client._channel).Infer(requests())
+        first = await asyncio.wait_for(call.read(), 5)   # the fourth does not fit
+        assert (first.request_id, first.status_code) == (
+            4, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert server.budget.held_bytes == 3 << 20
+        stalled = [await asyncio.wait_for(call.read(), 5) for _ in range(3)]
+        assert sorted(a.request_id for a in stalled) == [1, 2, 3]
+        assert {a.status_code for a in stalled} == {grpc.StatusCode.DEADLINE_EXCEEDED.value[0]}
+        assert server.budget.held_bytes == 0
+        release.set()
+        call.cancel()
+
+
+def test_a_burst_is_over_once_when_nothing_is_held_after_enough_was():
+    from layerfleet.agent.budget import Budget
+
+    budget = Budget(100 << 20)
+    budget.take(8 << 20)
+    budget.give(8 << 20)
+    assert not budget.burst_over(16 << 20)   # too small a burst to bother
+    budget.take(20 << 20)
+    assert not budget.burst_over(16 << 20)   # still held
+    budget.give(20 << 20)
+    assert budget.burst_over(16 << 20)
+    assert not budget.burst_over(16 << 20)   # once

@@ -20,3 +20,17 @@ def test_no_agent_module_imports_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "[]"
+
+
+def test_every_agent_module_imports_on_its_own():
+    """Imports point one way (docs/agent.md, "Data path"): each module loads in a fresh
+    interpreter with nothing imported before it, so no cycle hides behind import order."""
+    modules = [f"layerfleet.agent.{m.name}"
+               for m in pkgutil.iter_modules(layerfleet.agent.__path__)]
+    code = ("import subprocess, sys\n"
+            f"failed = [m for m in {modules!r} if subprocess.run("
+            "[sys.executable, '-c', f'import {m}'], capture_output=True).returncode]\n"
+            "print(failed)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
