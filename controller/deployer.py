@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ import grpc
 from google.protobuf import json_format
 from layerfleet.agent import names
 from layerfleet.agent.client import AgentError
-from layerfleet.controller import planner
+from layerfleet.controller import planner, wire
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
 from layerfleet.controller.registry import DeploymentRecord, ModelRecord, Registry, StageRecord
+from layerfleet.controller.states import Objective, Phase, Redundancy
+from layerfleet.controller.tables import human_bytes
 from layerfleet.v1 import controller_pb2
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,18 @@ log = logging.getLogger(__name__)
 # Share of the progress bar each phase ends at.
 _PLAN, _CONVERT, _UPLOAD, _ROUTE = 0.05, 0.35, 0.85, 0.95
 ACTIVE_STATES = ("deploying", "active", "degraded")
+
+
+@dataclass(frozen=True, slots=True)
+class DeployOrder:
+    """What a Deploy call asked for, decoded from the wire (api.py)."""
+
+    model: str
+    name: str = ""                 # defaults to the model name
+    objective: Objective = "latency"
+    sla_ms: float = 0.0
+    redundancy: Redundancy = "none"
+    plan: int = 0                  # index into the planner's candidates
 
 
 class StageFailure(Exception):
@@ -51,8 +66,7 @@ class Deployer:
         deployments_dir.mkdir(parents=True, exist_ok=True)
         self._lock = asyncio.Lock()  # one deploy at a time: conversions share the CPU anyway
 
-    async def deploy(self, req: controller_pb2.DeployRequest
-                     ) -> AsyncIterator[controller_pb2.DeployProgress]:
+    async def deploy(self, req: DeployOrder) -> AsyncIterator[controller_pb2.DeployProgress]:
         model = self.registry.model(req.model)
         if model is None:
             raise not_found("model", req.model, [m.name for m in self.registry.models()])
@@ -60,18 +74,19 @@ class Deployer:
         existing = self.registry.deployment(name)
         if existing is not None and existing.state in ACTIVE_STATES:
             raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                           f"deployment {name} is {existing.state}: undeploy it first "
-                           f"or deploy under another --name")
+                           f"deployment {name} is {existing.state}: undeploy it first, "
+                           f"or choose another DeployRequest.name")
 
-        def progress(phase: str, message: str, fraction: float) -> controller_pb2.DeployProgress:
-            return controller_pb2.DeployProgress(deployment=name, phase=phase, message=message,
-                                                 fraction=fraction)
+        def progress(phase: Phase, message: str, fraction: float
+                     ) -> controller_pb2.DeployProgress:
+            return controller_pb2.DeployProgress(deployment=name, phase=wire.PHASE.wire(phase),
+                                                 message=message, fraction=fraction)
 
         async with self._lock:
             found, _, costs = planner.candidates(
                 model, self.registry.devices(), self.registry.links(),
-                objective=req.objective or "latency", sla_ms=req.sla_ms,
-                redundancy=req.redundancy or "none", top_k=max(req.plan + 1, 1))
+                objective=req.objective, sla_ms=req.sla_ms,
+                redundancy=req.redundancy, top_k=max(req.plan + 1, 1))
             if req.plan >= len(found):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"plan {req.plan} does not exist: only {len(found)} candidate(s)")
@@ -84,9 +99,8 @@ class Deployer:
                           candidate, preserving_proto_field_name=True),
                       "placement": placement.to_dict(), "route": name, "generation": 0,
                       "considered": considered(self.registry),
-                      "request": {"objective": req.objective or "latency",
-                                  "sla_ms": req.sla_ms,
-                                  "redundancy": req.redundancy or "none"}},
+                      "request": {"objective": req.objective, "sla_ms": req.sla_ms,
+                                  "redundancy": req.redundancy}},
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
@@ -134,7 +148,7 @@ class Deployer:
             stage.shard_sha256, stage.shard_bytes = shard.sha256, shard.size_bytes
             done += shard.size_bytes
             yield progress("upload", f"stage {stage.stage} -> {device_id} "
-                           f"({shard.size_bytes / 1e6:.1f} MB)",
+                           f"({human_bytes(shard.size_bytes)})",
                            _CONVERT + (_UPLOAD - _CONVERT) * done / total)
 
         for stage in reversed(dep.stages):

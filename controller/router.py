@@ -10,6 +10,7 @@ deployment degraded and the caller gets UNAVAILABLE naming the device.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 from layerfleet.agent.client import AgentError
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.observed import Observed
 from layerfleet.controller.registry import DeploymentRecord, Registry
 
 SERVING_STATES = ("active", "degraded")
@@ -43,11 +45,11 @@ class Outcome:
 def bind_inputs(inputs: Mapping[str, np.ndarray], expected: list[dict]) -> dict[str, np.ndarray]:
     """Match the caller's tensors to the deployment's inputs, or say exactly what is wrong.
 
-    A single nameless tensor binds to a single-input model; otherwise names must match.
+    Names must match the deployment's inputs; a single-input model also takes one tensor
+    sent without a name (a bare array). A misnamed tensor is refused, never guessed at.
     """
-    if len(expected) == 1 and len(inputs) == 1:
-        (value,) = inputs.values()
-        bound = {expected[0]["name"]: value}
+    if len(expected) == 1 and len(inputs) == 1 and "" in inputs:
+        bound = {expected[0]["name"]: inputs[""]}
     else:
         bound = dict(inputs)
     want = {e["name"]: e for e in expected}
@@ -64,14 +66,22 @@ def bind_inputs(inputs: Mapping[str, np.ndarray], expected: list[dict]) -> dict[
     return bound
 
 
+def _cut_bytes(dep: DeploymentRecord) -> list[int]:
+    """Bytes into each stage per request, as planned (the activation at each cut)."""
+    stages = dep.plan.get("candidate", {}).get("stages", [])
+    return [int(s.get("bytes_in", 0)) for s in stages]  # int64 is a string in proto JSON
+
+
 def _describe(specs: list[dict]) -> str:
     return ", ".join(f"{s['name']} {s['dtype']}{list(s['shape'])}" for s in specs)
 
 
 class Router:
-    def __init__(self, registry: Registry, agents: AgentPool) -> None:
+    def __init__(self, registry: Registry, agents: AgentPool,
+                 observed: Observed | None = None) -> None:
         self.registry = registry
         self.agents = agents
+        self.observed = observed or Observed()
         self._cache: dict[str, DeploymentRecord] = {}
         self._outstanding: Counter[str] = Counter()
         self._in_flight: Counter[str] = Counter()  # by route name, for draining
@@ -84,19 +94,35 @@ class Router:
         dep = self._cache.get(name)
         if dep is None:
             dep = self.registry.deployment(name)
-            if dep is None or dep.state == "undeployed":
+            if dep is None:
                 raise not_found("deployment", name,
                                 [d.name for d in self.registry.deployments()])
             if dep.state in SERVING_STATES:
                 self._cache[name] = dep
         if dep.state not in SERVING_STATES:
+            # Say what GetDeployment says: it exists, in a state that does not serve.
+            hint = {"undeployed": ": deploy it again to serve it",
+                    "deploying": ": wait for the deploy to finish"}.get(dep.state, "")
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"deployment {name} is {dep.state}"
-                           + (f": {dep.error}" if dep.error else ""))
+                           + (f": {dep.error}" if dep.error else hint))
         return dep
 
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
         dep = self._deployment(name)
+        started = time.perf_counter()
+        try:
+            outcome = await self._infer(dep, inputs)
+        except ApiError as exc:
+            self.observed.failure(dep.name, exc.code.name)
+            raise
+        self.observed.request(dep.name, time.perf_counter() - started, outcome.hops,
+                              outcome.exited_at_stage,
+                              [sum(a.nbytes for a in inputs.values()), *_cut_bytes(dep)[1:]])
+        return outcome
+
+    async def _infer(self, dep: DeploymentRecord, inputs: Mapping[str, np.ndarray]) -> Outcome:
+        name = dep.name
         bound = bind_inputs(inputs, dep.plan.get("inputs", []))
         device, address = self._entry(dep)
         route = str(dep.plan.get("route", dep.name))

@@ -4,9 +4,12 @@ controller's LAN."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from layerfleet.agent.main import AgentServer, Settings
@@ -45,29 +48,44 @@ class LocalFleet:
         raise TimeoutError(f"{n} devices did not come up")
 
 
-async def start_controller(root: Path, replan: bool = False,
-                           calibrate: bool = True) -> ControllerServer:
+async def start_controller(root: Path, replan: bool = False, calibrate: bool = True,
+                           http: str = "") -> ControllerServer:
     # Re-planning off unless a test is about it: the others pin placements down.
     server = ControllerServer(ControllerSettings(
         listen="127.0.0.1:0", state_dir=root / "controller", mdns=False,
         heartbeat_interval_s=0.3, cache_dir=root / "cache", replan=replan,
-        calibrate=calibrate))
+        calibrate=calibrate, http=http))
     await server.start()
     return server
 
 
+@contextlib.asynccontextmanager
+async def three_agents(root: Path, **controller: Any) -> AsyncIterator[LocalFleet]:
+    """A controller and three joined, calibrated agents; all stopped afterwards."""
+    server = await start_controller(root, **controller)
+    fleet = LocalFleet(server, [], server.registry.create_token("tests"), root)
+    try:
+        for i in range(3):
+            await fleet.add_agent(f"agent-{i}")
+        await fleet.wait_devices(3)
+        yield fleet
+    finally:
+        for agent in fleet.agents:
+            await agent.stop(grace_s=0)
+        await fleet.controller.stop(grace_s=0)
+
+
 @pytest.fixture
 async def fleet(tmp_path):
-    controller = await start_controller(tmp_path)
-    token = controller.registry.create_token("tests")
-    fleet = LocalFleet(controller, [], token, tmp_path)
-    for i in range(3):
-        await fleet.add_agent(f"agent-{i}")
-    await fleet.wait_devices(3)
-    yield fleet
-    for agent in fleet.agents:
-        await agent.stop(grace_s=0)
-    await fleet.controller.stop(grace_s=0)
+    async with three_agents(tmp_path) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+async def dashboard_fleet(tmp_path):
+    """Like `fleet`, with the dashboard and /metrics on a free loopback port."""
+    async with three_agents(tmp_path, http="127.0.0.1:0") as fleet:
+        yield fleet
 
 
 def pin_speed(controller: ControllerServer, flops_per_s: float = 50e9) -> None:
