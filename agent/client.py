@@ -138,7 +138,7 @@ class AgentClient:
         """Ask this agent to time its link to the agent at `address`: (B/s, round trip s)."""
         reply = await self._unary(self._stub.MeasureLink, agent_pb2.MeasureLinkRequest(
             address=address, bytes=nbytes), timeout=60)
-        return reply.bandwidth_Bps, reply.rtt_s
+        return reply.bandwidth_bytes_per_s, reply.rtt_s
 
     async def set_faults(self, delay_ms: float) -> None:
         await self._unary(self._stub.SetFaults, agent_pb2.Faults(delay_ms=delay_ms))

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from layerfleet import __version__
-from layerfleet.agent import files, memory, sdnotify, transport
+from layerfleet.agent import files, memory, reflection, sdnotify, transport
 from layerfleet.agent.budget import Budget
 from layerfleet.agent.dataport_server import DataPortServer
 from layerfleet.agent.energy import BOARDS, PowerModel, detect_board
@@ -247,10 +246,9 @@ class AgentServer:
                                     max_request_bytes=self.settings.max_request_bytes)
         agent_pb2_grpc.add_AgentServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], self.server)
+        reflection.enable(self.server, [
+            agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         self.pipeline.restore_routes()
         await self.server.start()
         self.port = port

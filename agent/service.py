@@ -346,7 +346,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             raise StatusError(grpc.StatusCode.UNAVAILABLE,
                               f"{self.device_id} cannot reach {request.address}: "
                               f"{exc.message}") from None
-        return agent_pb2.LinkReply(bandwidth_Bps=bandwidth, rtt_s=rtt)
+        return agent_pb2.LinkReply(bandwidth_bytes_per_s=bandwidth, rtt_s=rtt)
 
     async def SetFaults(self, request: agent_pb2.Faults,
                         context: grpc.aio.ServicerContext) -> agent_pb2.Faults:

@@ -98,6 +98,7 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
     import numpy as np
     from layerfleet.controller.client import ControllerClient
     from layerfleet.controller.demo import _bin, _start, _stop, _wait_for_devices, train_digits_cnn
+    from layerfleet.v1 import controller_pb2
 
     work = Path(tempfile.mkdtemp(prefix="fleet-agents-"))
     state = work / "controller"
@@ -137,7 +138,7 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
         deadline = time.monotonic() + 120
         up = 0
         while time.monotonic() < deadline:
-            up = sum(d.state == "up" for d in client.devices())
+            up = sum(d.state == controller_pb2.DEVICE_STATE_UP for d in client.devices())
             if up >= n_agents + 1:
                 break
             time.sleep(2)

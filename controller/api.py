@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 
 import grpc
 from layerfleet.agent import names, tensors
-from layerfleet.controller import planner
-from layerfleet.controller.catalog import Catalog, check_upload
-from layerfleet.controller.deployer import Deployer
+from layerfleet.controller import planner, wire
+from layerfleet.controller.catalog import Catalog, check_header, check_upload
+from layerfleet.controller.deployer import Deployer, DeployOrder
 from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.events import EventBus
 from layerfleet.controller.registry import (
     DeploymentRecord,
     DeviceRecord,
@@ -28,6 +29,7 @@ from layerfleet.controller.registry import (
     TensorInfo,
 )
 from layerfleet.controller.router import Router
+from layerfleet.controller.states import stage_state
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc, tensor_pb2
 
 log = logging.getLogger(__name__)
@@ -74,23 +76,6 @@ def _streaming(method: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
     return wrapper
 
 
-class EventBus:
-    """Wakes WatchEvents followers when the registry records an event."""
-
-    def __init__(self) -> None:
-        self._changed = asyncio.Event()
-
-    def notify(self, *_: Any) -> None:
-        self._changed.set()
-
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
-        self._changed.clear()
-
-
 class ControllerService(controller_pb2_grpc.ControllerServicer):
     def __init__(self, registry: Registry, catalog: Catalog, deployer: Deployer,
                  router: Router, events: EventBus) -> None:
@@ -113,6 +98,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                 if header is not None:
                     raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                                    "model upload has two headers")
+                check_header(part.header)
                 header = part.header
             else:
                 if header is None:
@@ -150,7 +136,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
         found = await measure_links(self.registry, self.deployer.agents)
         return controller_pb2.MeasureLinksReply(links=[
-            controller_pb2.LinkStatus(a=a, b=b, bandwidth_Bps=bw, rtt_s=rtt, error=error)
+            controller_pb2.LinkStatus(a=a, b=b, bandwidth_bytes_per_s=bw, rtt_s=rtt, error=error)
             for a, b, bw, rtt, error in found])
 
     # -- planning and deployments ---------------------------------------------------------
@@ -158,12 +144,14 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     @_unary
     async def Plan(self, request: controller_pb2.PlanRequest,
                    context: grpc.aio.ServicerContext) -> controller_pb2.PlanReply:
+        _refuse_old_fields(request)
         check_plan_request(request.sla_ms, request.top_k)
         record = self._model(request.model)
         found, baselines, costs = planner.candidates(
             record, self.registry.devices(), self.registry.links(),
-            objective=request.objective or "latency", sla_ms=request.sla_ms,
-            redundancy=request.redundancy or "none", top_k=request.top_k or 1)
+            objective=wire.OBJECTIVE.word(request.objective, "latency"), sla_ms=request.sla_ms,
+            redundancy=wire.REDUNDANCY.word(request.redundancy, "none"),
+            top_k=request.top_k or 1)
         return controller_pb2.PlanReply(
             candidates=[planner.candidate_pb(p, costs) for p in found],
             baselines=[planner.candidate_pb(p, costs) for p in baselines.values() if p])
@@ -172,9 +160,16 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def Deploy(self, request: controller_pb2.DeployRequest,
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[controller_pb2.DeployProgress]:
+        _refuse_old_fields(request)
         check_plan_request(request.sla_ms, request.plan)
         self._model(request.model)
-        async for progress in self.deployer.deploy(request):
+        order = DeployOrder(
+            model=request.model, name=request.name,
+            objective=wire.OBJECTIVE.word(request.objective, "latency"),  # type: ignore[arg-type]
+            sla_ms=request.sla_ms,
+            redundancy=wire.REDUNDANCY.word(request.redundancy, "none"),  # type: ignore[arg-type]
+            plan=request.plan)
+        async for progress in self.deployer.deploy(order):
             self.events.notify()
             yield progress
 
@@ -267,7 +262,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
 
     async def WatchEvents(self, request: controller_pb2.WatchEventsRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[controller_pb2.Event]:
-        after = request.after_id
+        after, seen = request.after_id, self.events.version
         while True:
             for e in self.registry.events(after_id=after):
                 after = e.id
@@ -275,7 +270,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
                                            subject=e.subject, message=e.message)
             if not request.follow:
                 return
-            await self.events.wait(timeout=1.0)
+            seen = await self.events.wait(timeout=1.0, seen=seen)
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -294,6 +289,18 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
             raise not_found("deployment", name,
                             [d.name for d in self.registry.deployments()])
         return dep
+
+
+def _refuse_old_fields(request: Any) -> None:
+    """A client built from the pre-0.2 .proto sends objective/redundancy as strings at their
+    old numbers: say so, rather than plan with the defaults it did not ask for."""
+    old = wire.old_fields(request)
+    if old:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{request.DESCRIPTOR.name} sent {', '.join(old)} as the old string "
+                       f"field(s); since layerfleet 0.2 they are enums (Objective, Redundancy) "
+                       f"at new field numbers: rebuild the client from the current "
+                       f"controller.proto")
 
 
 def check_plan_request(sla_ms: float, count: int) -> None:
@@ -332,21 +339,24 @@ def model_pb(m: ModelRecord) -> controller_pb2.ModelInfo:
 def device_pb(d: DeviceRecord) -> controller_pb2.DeviceStatus:
     return controller_pb2.DeviceStatus(
         id=d.id, address=d.address, hostname=d.hostname, arch=d.arch, cores=d.cores,
-        memory_bytes=d.memory_bytes, runtime=d.runtime, version=d.version, state=d.state,
-        found_by=d.found_by, flops_per_s=d.flops_per_s, link_bandwidth_Bps=d.link_bandwidth_Bps,
+        memory_bytes=d.memory_bytes, runtime=d.runtime, version=d.version,
+        state=wire.DEVICE_STATE.wire(d.state), found_by=wire.FOUND_BY.wire(d.found_by),
+        flops_per_s=d.flops_per_s,
+        link_bandwidth_bytes_per_s=d.link_bandwidth_Bps,
         link_rtt_s=d.link_rtt_s, last_seen=d.last_seen, power_w=d.power_w,
         energy_method=d.energy_method, cpu_percent=d.cpu_percent,
-        memory_available=d.memory_available)
+        memory_available=d.memory_available, temperature_c=d.temperature_c,
+        joules_total=d.joules_total)
 
 
 def deployment_pb(d: DeploymentRecord, device_states: dict[str, str]
                   ) -> controller_pb2.Deployment:
     return controller_pb2.Deployment(
-        name=d.name, model=d.model, state=d.state, error=d.error,
+        name=d.name, model=d.model, state=wire.DEPLOYMENT_STATE.wire(d.state), error=d.error,
         stages=[controller_pb2.StageStatus(
             stage=s.stage, start=s.start, stop=s.stop, device=s.device, address=s.address,
             replicas=s.replicas, shard_sha256=s.shard_sha256, shard_bytes=s.shard_bytes,
-            state="ready" if device_states.get(s.device) == "up" else "down")
+            state=wire.STAGE_STATE.wire(stage_state(s.device, device_states)))
             for s in d.stages],
         plan=d.plan.candidate, inputs=_specs(d.plan.inputs), outputs=_specs(d.plan.outputs),
         created_at=d.created_at, updated_at=d.updated_at)

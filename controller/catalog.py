@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -24,10 +25,12 @@ from typing import Any
 import grpc
 from layerfleet.agent import names, tensors, transport
 from layerfleet.controller.errors import ApiError
+from layerfleet.controller.partition.load import file_format_problem
 from layerfleet.controller.registry import ModelRecord, Registry
 from layerfleet.v1 import controller_pb2
 
 _SUFFIX = {controller_pb2.KERAS: ".keras", controller_pb2.H5: ".h5"}
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 # One sample of a model's input must fit one Infer message (transport.MAX_MESSAGE_BYTES).
 MAX_INPUT_BYTES = transport.MAX_MESSAGE_BYTES
 # A SavedModel is a few files (saved_model.pb, variables/, assets/); bound what a tar may
@@ -47,16 +50,38 @@ class Intake:
     data: bytes
 
 
-def check_upload(header: controller_pb2.ModelHeader, data: bytes) -> Intake:
-    """Validate an upload before anything touches the disk (DATA_LOSS / INVALID_ARGUMENT)."""
+def check_header(header: controller_pb2.ModelHeader) -> None:
+    """The header alone, as soon as it arrives: the fields controller.proto marks required
+    (INVALID_ARGUMENT naming the field, before any byte is counted)."""
     fmt = header.format
     if fmt not in (*_SUFFIX, controller_pb2.SAVEDMODEL_TAR, controller_pb2.BUILTIN):
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       "model format missing or unknown: KERAS, H5, SAVEDMODEL_TAR or BUILTIN")
+                       "ModelHeader.format is missing or unknown: KERAS, H5, SAVEDMODEL_TAR "
+                       "or BUILTIN")
     if fmt == controller_pb2.BUILTIN:
         if not header.builtin:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "format BUILTIN needs an architecture name, e.g. MobileNetV2")
+                           "format BUILTIN needs ModelHeader.builtin, an architecture name "
+                           "such as MobileNetV2")
+        return
+    if not header.name:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "ModelHeader.name is required for an upload (the registry name)")
+    if header.size_bytes <= 0:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "ModelHeader.size_bytes is required for an upload: the size of the "
+                       "uploaded file in bytes")
+    if not SHA256_HEX.fullmatch(header.sha256):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "ModelHeader.sha256 is required for an upload: the sha256 of the "
+                       "uploaded bytes as 64 hex digits")
+
+
+def check_upload(header: controller_pb2.ModelHeader, data: bytes) -> Intake:
+    """Validate an upload before anything touches the disk (DATA_LOSS / INVALID_ARGUMENT)."""
+    check_header(header)
+    fmt = header.format
+    if fmt == controller_pb2.BUILTIN:
         if data:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                            "format BUILTIN takes no uploaded bytes")
@@ -66,10 +91,16 @@ def check_upload(header: controller_pb2.ModelHeader, data: bytes) -> Intake:
                            f"upload truncated: received {len(data)} of {header.size_bytes} "
                            f"bytes; nothing was registered")
         digest = hashlib.sha256(data).hexdigest()
-        if digest != header.sha256:
+        if digest != header.sha256.lower():
             raise ApiError(grpc.StatusCode.DATA_LOSS,
                            f"upload corrupt: sha256 {digest[:12]}... does not match the "
                            f"declared {header.sha256[:12]}...; nothing was registered")
+        if fmt in _SUFFIX:
+            problem = file_format_problem(data, _SUFFIX[fmt])
+            if problem:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"model {header.name!r}: the upload is {problem}; nothing was "
+                               f"registered")
     name = header.name or header.builtin
     if not name:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "a model name is needed for an upload")
@@ -108,10 +139,10 @@ class Catalog:
 
     def _register_blocking(self, intake: Intake) -> ModelRecord:
         from layerfleet.controller.partition import (
+            Analysis,
+            ModelFileError,
             PartitionError,
             load_model,
-            model_digest,
-            profile_model,
         )
 
         staging = Path(tempfile.mkdtemp(prefix=".intake-", dir=self.models_dir))
@@ -119,14 +150,23 @@ class Catalog:
             spec, source = self._stage(intake, staging)
             try:
                 model = load_model(spec, input_shape=intake.input_shape)
-                profile = profile_model(model)
+                analysis = Analysis(model)
+            except ModelFileError as exc:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"model {intake.name!r} could not be loaded: "
+                               f"{_public(exc, staging)}") from None
             except PartitionError as exc:
                 raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"model {intake.name!r} cannot be partitioned: {exc}") from None
+                               f"model {intake.name!r} cannot be partitioned: "
+                               f"{_public(exc, staging)}") from None
             except (OSError, ValueError) as exc:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"model {intake.name!r} could not be loaded: {exc}") from None
-            digest = model_digest(model)
+                               f"model {intake.name!r} could not be loaded: "
+                               f"{_public(exc, staging)}") from None
+            profile, digest = analysis.profile, analysis.digest
+            # The names and shapes a deployment and Infer use: the graph's (batch 1).
+            inputs = [_spec(e) for e in analysis.graph.crossing(0)]
+            outputs = [_spec(e) for e in analysis.graph.crossing(analysis.graph.n)]
             final = self.models_dir / digest
             if intake.format == controller_pb2.BUILTIN:
                 model.save(staging / "model.keras")  # freeze the random init once
@@ -139,7 +179,7 @@ class Catalog:
             return ModelRecord(
                 name=intake.name, digest=digest, source=source, path=str(target),
                 input_shape=list(intake.input_shape or ()), profile=profile.to_dict(),
-                inputs=[_spec(t) for t in model.inputs], outputs=[_spec(t) for t in model.outputs],
+                inputs=inputs, outputs=outputs,
                 layers=len(profile.layers), flops=sum(l.flops for l in profile.layers),
                 param_bytes=sum(l.param_bytes for l in profile.layers), created_at=time.time())
         finally:
@@ -163,11 +203,14 @@ class Catalog:
         return str(path), f"upload:{path.suffix.lstrip('.')}"
 
 
-def _spec(tensor: Any) -> dict[str, Any]:
-    dtype = getattr(tensor, "dtype", "float32")
-    return {"name": str(getattr(tensor, "name", "")),
-            "dtype": str(getattr(dtype, "name", dtype)),
-            "shape": [int(d) if d is not None else -1 for d in tensor.shape]}
+def _spec(edge: Any) -> dict[str, Any]:
+    """A graph edge as the registry keeps tensor specs (the manifest's rule: batch 1)."""
+    return {"name": edge.name, "dtype": str(edge.dtype), "shape": [int(d) for d in edge.shape]}
+
+
+def _public(exc: Exception, staging: Path) -> str:
+    """An error's text without the controller's own paths: the caller never sees them."""
+    return str(exc).replace(f"{staging}{os.sep}", "").replace(str(staging), "the upload")
 
 
 def extract_tar(data: bytes, target: Path) -> None:
@@ -183,6 +226,8 @@ def extract_tar(data: bytes, target: Path) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+            files: set[PurePosixPath] = set()
+            dirs: set[PurePosixPath] = set()
             total = 0
             for member in tar:
                 if len(members) >= MAX_TAR_MEMBERS:
@@ -200,6 +245,13 @@ def extract_tar(data: bytes, target: Path) -> None:
                 total += member.size
                 if total > MAX_TAR_BYTES:
                     raise refuse(f"more than {MAX_TAR_BYTES} bytes once unpacked")
+                # A path twice (a file, or a file and a directory), or a file standing where
+                # a directory must be: refused before anything is written.
+                if path in files or (member.isfile() and path in dirs) or \
+                        any(parent in files for parent in path.parents):
+                    raise refuse(f"member {member.name[:100]!r} appears twice")
+                (files if member.isfile() else dirs).add(path)
+                dirs.update(path.parents)  # made on the way to this member
                 members.append((member, path))
             target.mkdir(mode=0o700)
             for member, path in members:

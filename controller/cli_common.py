@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -10,6 +11,21 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors from the controller and the partitioner name request fields (they speak to every
+# client); on the command line the same thing is a flag.
+FLAGS = [(re.compile(r"\b(ModelHeader\.)?input_shape\b"), "--input-shape"),
+         (re.compile(r"\b((Plan|Deploy)Request\.)?sla_ms\b"), "--sla MS"),
+         (re.compile(r"\bDeployRequest\.name\b"), "--name"),
+         (re.compile(r"\bDeployRequest\.plan\b"), "--plan"),
+         (re.compile(r"\bPlanRequest\.top_k\b"), "--top")]
+
+
+def with_flags(message: str) -> str:
+    """A controller or partitioner message with request fields named as this CLI's flags."""
+    for pattern, flag in FLAGS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def fails_cleanly(command: F) -> F:
@@ -24,11 +40,11 @@ def fails_cleanly(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ApiError as exc:
-            click.echo(f"layerfleet: {exc.code.name.lower().replace('_', ' ')}: {exc.message}",
-                       err=True)
+            click.echo(f"layerfleet: {exc.code.name.lower().replace('_', ' ')}: "
+                       f"{with_flags(exc.message)}", err=True)
         except (PartitionError, ShardInputError, RuntimeUnavailable, OSError,
                 ValueError) as exc:
-            click.echo(f"layerfleet: {exc}", err=True)
+            click.echo(f"layerfleet: {with_flags(str(exc))}", err=True)
         sys.exit(1)
     return wrapper  # type: ignore[return-value]
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 import numpy as np
 from google.protobuf import json_format
+from layerfleet.controller import states, wire
 from layerfleet.controller.cli_common import fails_cleanly, parse_shape
 from layerfleet.controller.tables import human_bytes, human_flops, human_rate, ms, table
 
@@ -55,8 +56,8 @@ def devices(measure_links: bool, address: str, as_json: bool) -> None:
         found = lf.devices()
     if links and not as_json:
         click.echo(table(["device", "device", "link", "rtt", "error"],
-                         [[l.a, l.b, human_rate(l.bandwidth_Bps), ms(l.rtt_s) if l.rtt_s else "-",
-                           l.error] for l in links]) + "\n")
+                         [[l.a, l.b, human_rate(l.bandwidth_bytes_per_s),
+                           ms(l.rtt_s) if l.rtt_s else "-", l.error] for l in links]) + "\n")
     if as_json:
         return _print_json(found)
     if not found:
@@ -66,9 +67,10 @@ def devices(measure_links: bool, address: str, as_json: bool) -> None:
     click.echo(table(
         ["id", "address", "state", "by", "arch", "cores", "memory", "speed", "link", "rtt",
          "power"],
-        [[d.id, d.address, d.state, d.found_by, d.arch, d.cores, human_bytes(d.memory_bytes),
+        [[d.id, d.address, wire.DEVICE_STATE.word(d.state), wire.FOUND_BY.word(d.found_by),
+          d.arch, d.cores, human_bytes(d.memory_bytes),
           human_flops(d.flops_per_s) + "FLOP/s" if d.flops_per_s else "-",
-          human_rate(d.link_bandwidth_Bps), ms(d.link_rtt_s) if d.link_rtt_s else "-",
+          human_rate(d.link_bandwidth_bytes_per_s), ms(d.link_rtt_s) if d.link_rtt_s else "-",
           f"{d.power_w:.1f} W ({d.energy_method})" if d.energy_method else "-"]
          for d in found]))
 
@@ -129,12 +131,11 @@ def models_list(address: str, as_json: bool) -> None:
 
 # -- plan and deploy --------------------------------------------------------------------------
 
-_objective = click.option("--objective", type=click.Choice(["latency", "throughput", "energy",
-                                                            "weighted"]),
+_objective = click.option("--objective", type=click.Choice(states.OBJECTIVES),
                           default="latency", show_default=True, help="What the plan optimises.")
 _sla = click.option("--sla", "sla_ms", type=float, default=0.0, metavar="MS",
                     help="Latency SLA in ms (needed by --objective energy).")
-_redundancy = click.option("--redundancy", type=click.Choice(["none", "gnh"]), default="none",
+_redundancy = click.option("--redundancy", type=click.Choice(states.REDUNDANCY), default="none",
                            show_default=True,
                            help="gnh: add replicas by the Greedy Nominator Heuristic.")
 
@@ -200,7 +201,7 @@ def deploy(model: str, name: str, plan_index: int, objective: str, sla_ms: float
             for step in lf.deploy(model, name=name, objective=objective, sla_ms=sla_ms,
                                   redundancy=redundancy, plan=plan_index):
                 steps.append(step)
-                bar.label = f"{step.phase}: {step.message}"[:60]
+                bar.label = f"{wire.PHASE.word(step.phase)}: {step.message}"[:60]
                 bar.update(int(step.fraction * 1000) - bar.pos)
         final = lf.deployment(steps[-1].deployment) if steps else None
     if as_json:
@@ -223,16 +224,17 @@ def deployments(name: str | None, address: str, as_json: bool) -> None:
     if name:
         return _print_deployment(found[0])
     click.echo(table(["name", "model", "state", "stages", "devices", "predicted", "error"],
-                     [[d.name, d.model, d.state, len(d.stages),
+                     [[d.name, d.model, wire.DEPLOYMENT_STATE.word(d.state), len(d.stages),
                        ",".join(s.device for s in d.stages), ms(d.plan.latency_s), d.error]
                       for d in found]))
 
 
 def _print_deployment(d: Any) -> None:
-    click.echo(f"{d.name}: {d.state} (model {d.model})" + (f": {d.error}" if d.error else ""))
+    click.echo(f"{d.name}: {wire.DEPLOYMENT_STATE.word(d.state)} (model {d.model})"
+               + (f": {d.error}" if d.error else ""))
     click.echo(table(["stage", "layers", "device", "address", "replicas", "state", "shard"],
                      [[s.stage, f"{s.start}-{s.stop - 1}", s.device, s.address,
-                       ",".join(s.replicas) or "-", s.state,
+                       ",".join(s.replicas) or "-", wire.STAGE_STATE.word(s.state),
                        f"{s.shard_sha256[:12]} {human_bytes(s.shard_bytes)}"]
                       for s in d.stages]))
 
@@ -248,7 +250,7 @@ def undeploy(name: str, address: str, as_json: bool) -> None:
         d = lf.undeploy(name)
     if as_json:
         return _print_json(d)
-    click.echo(f"{d.name}: {d.state}")
+    click.echo(f"{d.name}: {wire.DEPLOYMENT_STATE.word(d.state)}")
 
 
 # -- infer ------------------------------------------------------------------------------------

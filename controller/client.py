@@ -1,14 +1,17 @@
 """The Python client of the controller: what the `layerfleet` CLI uses, and what users import.
 
+    from layerfleet.controller import wire
     from layerfleet.controller.client import ControllerClient
     with ControllerClient("localhost:50050") as lf:
         lf.register_builtin("MobileNetV2", input_shape=(224, 224, 3))
         for step in lf.deploy("MobileNetV2"):
-            print(step.phase, step.message)
+            print(wire.PHASE.word(step.phase), step.message)
         result = lf.infer("MobileNetV2", image)    # numpy in, numpy out
 
 Synchronous on purpose (scripts and notebooks); errors come back as ApiError with the
-controller's status code and message. Imports no TensorFlow.
+controller's status code and message. Imports no TensorFlow. Replies are the wire messages;
+their enums (states, phases) read as words through layerfleet.controller.wire, e.g.
+`wire.DEPLOYMENT_STATE.word(dep.state) == "active"`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import grpc
 import numpy as np
 from layerfleet.agent import tensors, transport
 from layerfleet.agent.errors import status_code
+from layerfleet.controller import wire
 from layerfleet.controller.errors import ApiError
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc
 
@@ -140,15 +144,16 @@ class ControllerClient:
     def plan(self, model: str, *, objective: str = "latency", sla_ms: float = 0.0,
              redundancy: str = "none", top_k: int = 1) -> controller_pb2.PlanReply:
         return self._call(self._stub.Plan, controller_pb2.PlanRequest(
-            model=model, objective=objective, sla_ms=sla_ms, redundancy=redundancy,
-            top_k=top_k))
+            model=model, objective=_enum(wire.OBJECTIVE, objective), sla_ms=sla_ms,
+            redundancy=_enum(wire.REDUNDANCY, redundancy), top_k=top_k))
 
     def deploy(self, model: str, *, name: str = "", objective: str = "latency",
                sla_ms: float = 0.0, redundancy: str = "none", plan: int = 0
                ) -> Iterator[controller_pb2.DeployProgress]:
         """Progress of the deploy as it happens; the last item has phase 'done'."""
-        request = controller_pb2.DeployRequest(model=model, name=name, objective=objective,
-                                               sla_ms=sla_ms, redundancy=redundancy, plan=plan)
+        request = controller_pb2.DeployRequest(
+            model=model, name=name, objective=_enum(wire.OBJECTIVE, objective), sla_ms=sla_ms,
+            redundancy=_enum(wire.REDUNDANCY, redundancy), plan=plan)
         try:
             yield from self._stub.Deploy(request, timeout=max(self.timeout_s, 1800))
         except grpc.RpcError as exc:
@@ -209,6 +214,13 @@ class ControllerClient:
                 timeout=None if follow else self.timeout_s)
         except grpc.RpcError as exc:
             raise _api_error(exc, self.address) from None
+
+
+def _enum(labels: wire.Labels, word: str) -> int:
+    try:
+        return labels.wire(word)
+    except ValueError as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 def _outcome(reply: controller_pb2.InferResult) -> InferOutcome:

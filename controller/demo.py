@@ -32,9 +32,12 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner off the demo
 
+from layerfleet.controller import wire
 from layerfleet.controller.tables import human_bytes, ms, table
+from layerfleet.v1 import controller_pb2
 
 _SERVING = re.compile(r"serving on (\S+)")
+_DASHBOARD = re.compile(r"dashboard and /metrics on (\S+)")
 
 
 @dataclass
@@ -93,7 +96,7 @@ def local_fleet(workdir: Path, n_agents: int = 3) -> Iterator[tuple[Daemon, list
     try:
         controller = _start("controller", [
             _bin("layerfleet-controller"), "serve", "--listen", "127.0.0.1:0", "--state-dir",
-            str(controller_state), "--no-mdns", "--heartbeat", "1"],
+            str(controller_state), "--no-mdns", "--heartbeat", "1", "--http", "127.0.0.1:0"],
             workdir / "controller.log")
         daemons.append(controller)
         agents = []
@@ -115,7 +118,8 @@ def local_fleet(workdir: Path, n_agents: int = 3) -> Iterator[tuple[Daemon, list
 def _wait_for_devices(client: Any, n: int, timeout_s: float = 60.0) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        up = [d for d in client.devices() if d.state == "up" and d.flops_per_s > 0]
+        up = [d for d in client.devices()
+              if d.state == controller_pb2.DEVICE_STATE_UP and d.flops_per_s > 0]
         if len(up) >= n:
             return up
         time.sleep(0.2)
@@ -175,7 +179,7 @@ def _hop_table(outcomes: list[Any]) -> str:
 
 def _deploy(client: Any, model: str) -> None:
     for step in client.deploy(model, objective="throughput"):
-        click.echo(f"  {step.phase:<8} {step.message}")
+        click.echo(f"  {wire.PHASE.word(step.phase):<8} {step.message}")
 
 
 @click.command()
@@ -198,6 +202,9 @@ def demo(n_agents: int, epochs: int, mobilenet: bool, keep: bool) -> None:
         with local_fleet(workdir, n_agents) as (controller, agents), \
                 ControllerClient(controller.address) as client:
             devices = _wait_for_devices(client, n_agents)
+            dashboard = _DASHBOARD.search(controller.log_path.read_text())
+            if dashboard:
+                click.echo(f"dashboard (while the demo runs): {dashboard.group(1)}")
             click.echo(table(["device", "address", "speed"],
                              [[d.id[:12], d.address, f"{d.flops_per_s / 1e9:.2f} GFLOP/s"]
                               for d in devices]))

@@ -20,14 +20,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 from layerfleet.agent import names
 from layerfleet.agent.client import AgentError
-from layerfleet.controller import planner
+from layerfleet.controller import planner, wire
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
 from layerfleet.controller.registry import (
@@ -39,6 +39,8 @@ from layerfleet.controller.registry import (
     StageRecord,
     TensorInfo,
 )
+from layerfleet.controller.states import Objective, Phase, Redundancy
+from layerfleet.controller.tables import human_bytes
 from layerfleet.v1 import controller_pb2
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,18 @@ log = logging.getLogger(__name__)
 # Share of the progress bar each phase ends at.
 _PLAN, _CONVERT, _UPLOAD, _ROUTE = 0.05, 0.35, 0.85, 0.95
 ACTIVE_STATES = ("deploying", "active", "degraded")
+
+
+@dataclass(frozen=True, slots=True)
+class DeployOrder:
+    """What a Deploy call asked for, decoded from the wire (api.py)."""
+
+    model: str
+    name: str = ""                 # defaults to the model name
+    objective: Objective = "latency"
+    sla_ms: float = 0.0
+    redundancy: Redundancy = "none"
+    plan: int = 0                  # index into the planner's candidates
 
 
 class StageFailure(Exception):
@@ -71,25 +85,25 @@ class Deployer:
         """The lock every change to deployment `name` holds (see the module docstring)."""
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def deploy(self, req: controller_pb2.DeployRequest
-                     ) -> AsyncIterator[controller_pb2.DeployProgress]:
+    async def deploy(self, req: DeployOrder) -> AsyncIterator[controller_pb2.DeployProgress]:
         model = self.registry.model(req.model)
         if model is None:
             raise not_found("model", req.model, [m.name for m in self.registry.models()])
         name = names.check_name("deployment", req.name or req.model)
 
-        def progress(phase: str, message: str, fraction: float) -> controller_pb2.DeployProgress:
-            return controller_pb2.DeployProgress(deployment=name, phase=phase, message=message,
-                                                 fraction=fraction)
+        def progress(phase: Phase, message: str, fraction: float
+                     ) -> controller_pb2.DeployProgress:
+            return controller_pb2.DeployProgress(deployment=name, phase=wire.PHASE.wire(phase),
+                                                 message=message, fraction=fraction)
 
         async with self.lock(name), self._rollout:
             existing = self.registry.deployment(name)
             if existing is not None and existing.state in ACTIVE_STATES:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                               f"deployment {name} is {existing.state}: undeploy it first "
-                               f"or deploy under another --name")
-            request = PlanRequest(objective=req.objective or "latency", sla_ms=req.sla_ms,
-                                  redundancy=req.redundancy or "none")
+                               f"deployment {name} is {existing.state}: undeploy it first, "
+                               f"or choose another DeployRequest.name")
+            request = PlanRequest(objective=req.objective, sla_ms=req.sla_ms,
+                                  redundancy=req.redundancy)
             found, _, costs = planner.candidates(
                 model, self.registry.devices(), self.registry.links(),
                 objective=request.objective, sla_ms=request.sla_ms,
@@ -151,7 +165,7 @@ class Deployer:
             stage.shard_sha256, stage.shard_bytes = shard.sha256, shard.size_bytes
             done += shard.size_bytes
             yield progress("upload", f"stage {stage.stage} -> {device_id} "
-                           f"({shard.size_bytes / 1e6:.1f} MB)",
+                           f"({human_bytes(shard.size_bytes)})",
                            _CONVERT + (_UPLOAD - _CONVERT) * done / total)
 
         for stage in reversed(dep.stages):

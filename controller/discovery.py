@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -83,7 +84,7 @@ class Discovery:
         if old is not None:  # keep what calibration and telemetry learned
             for name in ("flops_per_s", "link_bandwidth_Bps", "link_rtt_s", "power_w",
                          "energy_method", "cpu_percent", "memory_available", "idle_w",
-                         "busy_w"):
+                         "busy_w", "temperature_c", "joules_total"):
                 setattr(record, name, getattr(old, name))
         came_up = old is None or old.state != "up" or old.address != address
         event = None
@@ -141,6 +142,9 @@ class Discovery:
             cores = list(getattr(sample, "cpu_percent_per_core", []))
             beat.cpu_percent = sum(cores) / len(cores) if cores else 0.0
             beat.memory_available = int(getattr(sample, "memory_available", 0))
+            temperature = float(getattr(sample, "temperature_c", math.nan))
+            beat.temperature_c = None if math.isnan(temperature) else temperature
+            beat.joules_total = float(getattr(sample, "joules_total", 0.0))
         if state == "up":
             # The common case is coalesced: the latest beat per device, written in batches.
             self._beats[device_id] = beat
@@ -150,7 +154,7 @@ class Discovery:
         if record is None:
             return False
         for name in ("last_seen", "power_w", "energy_method", "cpu_percent",
-                     "memory_available"):
+                     "memory_available", "temperature_c", "joules_total"):
             setattr(record, name, getattr(beat, name))
         record.state = "up"
         self.registry.upsert_device(record, event=("device.up", "heartbeat resumed"))

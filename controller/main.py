@@ -1,10 +1,12 @@
 """`layerfleet-controller`: the daemon on the cloud VM (wiring only).
 
-    layerfleet-controller [serve] [--listen ADDR] [--state-dir DIR] [--insecure] [--no-mdns]
+    layerfleet-controller [serve] [--listen ADDR] [--http ADDR|off] [--state-dir DIR]
+                          [--insecure] [--http-insecure] [--no-mdns]
     layerfleet-controller token create [--label TEXT]
 
 One asyncio event loop: the gRPC server (Controller + Fleet + health + reflection), the
-liveness sweep and the mDNS browser. SIGTERM: health NOT_SERVING, in-flight calls get a
+HTTP port (dashboard, its live stream and /metrics), the liveness sweep and the mDNS
+browser. SIGTERM: health NOT_SERVING, in-flight calls get a
 grace period, then everything stops. TensorFlow is imported only when a model is
 registered or deployed, so the daemon starts fast.
 """
@@ -23,15 +25,18 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from layerfleet.agent import files, names, transport
+from layerfleet.agent import files, names, reflection, transport
 from layerfleet.agent.join import MAX_BACKOFF_S
 from layerfleet.controller import calibrate, planner
 from layerfleet.controller.agents import AgentPool
-from layerfleet.controller.api import ControllerService, EventBus
+from layerfleet.controller.api import ControllerService
 from layerfleet.controller.catalog import Catalog
+from layerfleet.controller.dashboard import Dashboard
 from layerfleet.controller.deployer import Deployer
 from layerfleet.controller.discovery import Discovery, FleetService
+from layerfleet.controller.events import EventBus
+from layerfleet.controller.metrics import ControllerMetrics
+from layerfleet.controller.observed import Observed
 from layerfleet.controller.placement.plan import ReplanState, should_replan
 from layerfleet.controller.registry import Registry
 from layerfleet.controller.router import Router
@@ -40,6 +45,7 @@ from layerfleet.v1 import controller_pb2, controller_pb2_grpc, fleet_pb2, fleet_
 log = logging.getLogger("layerfleet.controller")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_LISTEN = "127.0.0.1:50050"
+DEFAULT_HTTP = "127.0.0.1:50080"
 MAX_MESSAGE_BYTES = 64 << 20
 
 
@@ -72,6 +78,11 @@ class Settings:
     drift_threshold: float = 0.2
     drift_sustain_s: float = 30.0
     replan_cooldown_s: float = 60.0
+    # The dashboard and /metrics: "" = off (the object's default, so tests pick a port);
+    # the command line defaults to DEFAULT_HTTP. Non-loopback needs http_insecure.
+    http: str = ""
+    http_insecure: bool = False
+    http_optional: bool = False   # the default port: if it is taken, warn and go on without
 
 
 class ControllerServer:
@@ -83,10 +94,13 @@ class ControllerServer:
         self.registry = Registry(settings.db or state / "controller.db")
         self.agents = AgentPool()
         self.events = EventBus()
+        self.registry.listeners.append(self.events.notify)
+        self.metrics = ControllerMetrics(self.registry)
+        self.observed = Observed(sink=self.metrics)
         self.catalog = Catalog(self.registry, state / "models")
         self.deployer = Deployer(self.registry, self.agents, state / "deployments",
                                  settings.cache_dir or state / "shard-cache")
-        self.router = Router(self.registry, self.agents)
+        self.router = Router(self.registry, self.agents, self.observed)
         self.discovery = Discovery(self.registry, self.agents, on_up=self._device_up,
                                    heartbeat_interval_s=settings.heartbeat_interval_s,
                                    calibrate_devices=settings.calibrate,
@@ -95,6 +109,7 @@ class ControllerServer:
             health.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.dashboard: Dashboard | None = None
         self._liveness: asyncio.Task[None] | None = None
         self._replanner: asyncio.Task[None] | None = None
         self._recalibrator: asyncio.Task[None] | None = None
@@ -196,12 +211,25 @@ class ControllerServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
                  fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name,
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, self.server)
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable(self.server, names)
         self.port = transport.add_port(self.server, self.settings.listen,
                                        insecure=self.settings.insecure)
+        if self.settings.http:
+            self.dashboard = Dashboard(
+                self.registry, self.events, self.observed, self.metrics,
+                listen=self.settings.http, allow_remote=self.settings.http_insecure,
+                controller_address=self.address)
         await self.server.start()
+        if self.dashboard is not None:
+            try:
+                await self.dashboard.start()
+            except OSError as exc:
+                if not self.settings.http_optional:
+                    await self.server.stop(0)
+                    raise
+                log.warning("%s; the dashboard is off (choose a port with --http)", exc)
+                self.dashboard = None
         await self.deployer.recover()
         for name in ("", "layerfleet.v1.Controller"):
             await _set_health(self.health, name, health_pb2.HealthCheckResponse.SERVING)
@@ -230,6 +258,8 @@ class ControllerServer:
             if task is not None:
                 task.cancel()
         await self.discovery.stop()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.server is not None:
             await self.server.stop(grace_s)
         await self.agents.close()
@@ -246,6 +276,9 @@ async def serve(settings: Settings) -> None:
     server = ControllerServer(settings)
     port = await server.start()
     print(f"layerfleet-controller serving on {server.address}", file=sys.stderr, flush=True)
+    if server.dashboard is not None:
+        print(f"layerfleet-controller dashboard and /metrics on {server.dashboard.url}",
+              file=sys.stderr, flush=True)
     log.info("serving on port %d", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -288,6 +321,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--insecure", action="store_true", default=argparse.SUPPRESS,
                        help="Allow a non-loopback --listen without TLS (until mutual TLS "
                             "lands: only on a network you trust).")
+        p.add_argument("--http", default=argparse.SUPPRESS, metavar="ADDR",
+                       help=f"Address of the read-only web dashboard and Prometheus /metrics "
+                            f"(default {DEFAULT_HTTP}; 'off' to disable).")
+        p.add_argument("--http-insecure", action="store_true", default=argparse.SUPPRESS,
+                       help="Allow a non-loopback --http: the dashboard has no "
+                            "authentication yet (only on a network you trust).")
         p.add_argument("--no-mdns", action="store_true", default=argparse.SUPPRESS,
                        help="Do not browse mDNS for agents (joined agents still work).")
         p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS,
@@ -333,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval_s=args.get("heartbeat", 2.0),
         replan=not args.get("no_replan", False),
         recalibrate_interval_s=args.get("recalibrate", Settings.recalibrate_interval_s),
-        restart_grace_s=args.get("restart_grace", Settings.restart_grace_s))
+        restart_grace_s=args.get("restart_grace", Settings.restart_grace_s),
+        http="" if args.get("http") == "off" else args.get("http", DEFAULT_HTTP),
+        http_insecure=args.get("http_insecure", False), http_optional="http" not in args)
     try:
         asyncio.run(serve(settings))
     except transport.InsecureListen as exc:

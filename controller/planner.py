@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+from layerfleet.controller import states, wire
 from layerfleet.controller.errors import ApiError
 from layerfleet.controller.partition.profile import ModelProfile
 from layerfleet.controller.placement.model import (
@@ -29,8 +30,7 @@ SOURCE = "client"  # where requests enter and results return: the controller's s
 # roughly this rate with 4 threads; calibration replaces it within seconds of joining.
 UNCALIBRATED_FLOPS = 5e9
 UNMEASURED_LINK = Link(SOURCE, "*", bandwidth_Bps=100e6 / 8, rtt_s=0.001)
-OBJECTIVES = ("latency", "throughput", "energy", "weighted")
-REDUNDANCY = ("none", "gnh")
+OBJECTIVES, REDUNDANCY = states.OBJECTIVES, states.REDUNDANCY
 
 
 def model_costs(record: ModelRecord) -> ModelCosts:
@@ -67,10 +67,10 @@ def candidates(record: ModelRecord, devices: Iterable[DeviceRecord],
                        f"objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if redundancy not in REDUNDANCY:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"redundancy {redundancy!r}: choose none or gnh")
+                       f"redundancy {redundancy!r}: choose one of {', '.join(REDUNDANCY)}")
     if objective == "energy" and sla_ms <= 0:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
-                       "objective energy needs a latency SLA (--sla MS)")
+                       "objective energy needs a latency SLA: set sla_ms, in milliseconds")
     fleet = fleet_from(devices, links)
     if not fleet.devices:
         raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -101,5 +101,6 @@ def candidate_pb(placement: Placement, costs: ModelCosts) -> controller_pb2.Cand
     links = [controller_pb2.LinkUse(src=str(src), dst=str(dst), bytes=int(nbytes),
                                     seconds=float(sec)) for src, dst, nbytes, sec in pred.links]
     return controller_pb2.Candidate(
-        strategy=placement.strategy, objective=placement.objective, latency_s=pred.latency_s,
+        strategy=placement.strategy, objective=wire.OBJECTIVE.wire(placement.objective),
+        latency_s=pred.latency_s,
         throughput_rps=pred.throughput_rps, energy_j=pred.energy_j, stages=stages, links=links)

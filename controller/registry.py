@@ -22,7 +22,15 @@ from typing import Any
 import sqlite_utils
 from google.protobuf import json_format
 from layerfleet.agent import files
+from layerfleet.controller import wire
 from layerfleet.controller.placement.model import Placement
+from layerfleet.controller.states import (
+    DeploymentState,
+    DeviceState,
+    FoundBy,
+    Objective,
+    Redundancy,
+)
 from layerfleet.v1 import controller_pb2
 
 
@@ -36,8 +44,8 @@ class DeviceRecord:
     memory_bytes: int = 0
     runtime: str = ""
     version: str = ""
-    state: str = "up"          # up | down | duplicate
-    found_by: str = "static"   # mdns | join | static
+    state: DeviceState = "up"
+    found_by: FoundBy = "static"
     flops_per_s: float = 0.0   # calibrated; 0 until measured
     link_bandwidth_Bps: float = 0.0
     link_rtt_s: float = 0.0
@@ -48,6 +56,8 @@ class DeviceRecord:
     memory_available: int = 0
     idle_w: float = 2.7        # power model defaults: Raspberry Pi 4 (docs/agent-telemetry.md)
     busy_w: float = 6.4
+    temperature_c: float | None = None  # last reported; None when the board has no sensor
+    joules_total: float = 0.0  # energy the agent has counted since it started
 
 
 @dataclass(slots=True)
@@ -60,6 +70,8 @@ class Heartbeat:
     energy_method: str = ""
     cpu_percent: float = 0.0
     memory_available: int = 0
+    temperature_c: float | None = None
+    joules_total: float = 0.0
 
 
 @dataclass(slots=True)
@@ -109,9 +121,9 @@ class TensorInfo:
 class PlanRequest:
     """What the user asked for when deploying; every re-plan asks for it again."""
 
-    objective: str = "latency"
+    objective: Objective = "latency"
     sla_ms: float = 0.0        # 0: none
-    redundancy: str = "none"   # none | gnh
+    redundancy: Redundancy = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +156,15 @@ class DeploymentPlan:
     def from_json(cls, data: dict[str, Any]) -> DeploymentPlan:
         request = data.get("request") or {}
         placement = data.get("placement")
+        candidate = dict(data.get("candidate") or {})
+        if "objective" in candidate:   # a word in rows written before the enum
+            candidate["objective"] = wire.OBJECTIVE.normalize_json(candidate["objective"])
         return cls(
             request=PlanRequest(objective=str(request.get("objective", "latency")),
                                 sla_ms=float(request.get("sla_ms", 0.0)),
                                 redundancy=str(request.get("redundancy", "none"))),
             placement=Placement.from_dict(placement) if placement else None,
-            candidate=json_format.ParseDict(data.get("candidate") or {},
-                                            controller_pb2.Candidate(),
+            candidate=json_format.ParseDict(candidate, controller_pb2.Candidate(),
                                             ignore_unknown_fields=True),
             route=str(data.get("route", "")), generation=int(data.get("generation", 0)),
             considered=tuple(data.get("considered", ())),
@@ -170,7 +184,7 @@ def _tensor_info(data: dict[str, Any]) -> TensorInfo:
 class DeploymentRecord:
     name: str
     model: str
-    state: str                 # deploying | active | degraded | failed | undeployed
+    state: DeploymentState
     plan: DeploymentPlan = field(default_factory=DeploymentPlan)
     manifest_dir: str = ""
     error: str = ""
@@ -251,8 +265,18 @@ def _sql_type(annotation: Any) -> type:
     return str
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    # Telemetry the dashboard and /metrics show beside power: temperature and energy. A new
+    # database already has them (_v1 builds tables from today's dataclasses).
+    columns = db["devices"].columns_dict
+    if "temperature_c" not in columns:
+        db["devices"].add_column("temperature_c", float)
+    if "joules_total" not in columns:
+        db["devices"].add_column("joules_total", float, not_null_default=0.0)
+
+
 # Append only: migration N upgrades a version N-1 database. Never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 class RegistryError(RuntimeError):
@@ -273,6 +297,8 @@ class Registry:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        # Called with each event as it is recorded (the daemon's EventBus wakes its readers).
+        self.listeners: list[Callable[[EventRecord], None]] = []
         self.migrate()
 
     @property
@@ -303,7 +329,10 @@ class Registry:
         now = time.time()
         table = self.db["events"]
         table.insert({"time": now, "kind": kind, "subject": subject, "message": message})
-        return EventRecord(int(table.last_pk), now, kind, subject, message)
+        event = EventRecord(int(table.last_pk), now, kind, subject, message)
+        for listener in self.listeners:
+            listener(event)
+        return event
 
     def events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
         rows = self.db["events"].rows_where("id > ?", [after_id], order_by="id", limit=limit)
@@ -343,9 +372,10 @@ class Registry:
         with self.db.atomic():
             self.db.conn.executemany(
                 "UPDATE devices SET last_seen = ?, power_w = ?, energy_method = ?, "
-                "cpu_percent = ?, memory_available = ? WHERE id = ?",
+                "cpu_percent = ?, memory_available = ?, temperature_c = ?, joules_total = ? "
+                "WHERE id = ?",
                 [(b.last_seen, b.power_w, b.energy_method, b.cpu_percent, b.memory_available,
-                  b.device_id) for b in beats])
+                  b.temperature_c, b.joules_total, b.device_id) for b in beats])
 
     def set_device_state(self, device_id: str, state: str, message: str) -> None:
         with self.db.atomic():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 from layerfleet.agent.client import AgentError, infer_any
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
+from layerfleet.controller.observed import Observed
 from layerfleet.controller.registry import DeploymentRecord, Registry, StageRecord, TensorInfo
 
 SERVING_STATES = ("active", "degraded")
@@ -50,11 +52,11 @@ def bind_inputs(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorInfo]
                 ) -> dict[str, np.ndarray]:
     """Match the caller's tensors to the deployment's inputs, or say exactly what is wrong.
 
-    A single nameless tensor binds to a single-input model; otherwise names must match.
+    Names must match the deployment's inputs; a single-input model also takes one tensor
+    sent without a name (a bare array). A misnamed tensor is refused, never guessed at.
     """
-    if len(expected) == 1 and len(inputs) == 1:
-        (value,) = inputs.values()
-        bound = {expected[0].name: value}
+    if len(expected) == 1 and len(inputs) == 1 and "" in inputs:
+        bound = {expected[0].name: inputs[""]}
     else:
         bound = dict(inputs)
     want = {e.name: e for e in expected}
@@ -69,6 +71,11 @@ def bind_inputs(inputs: Mapping[str, np.ndarray], expected: Sequence[TensorInfo]
                            f"input {name}: expected {spec.dtype}{list(spec.shape)}, "
                            f"received {arr.dtype.name}{list(arr.shape)}")
     return bound
+
+
+def _cut_bytes(dep: DeploymentRecord) -> list[int]:
+    """Bytes into each stage per request, as planned (the activation at each cut)."""
+    return [int(s.bytes_in) for s in dep.plan.candidate.stages]
 
 
 def _describe(specs: Sequence[TensorInfo]) -> str:
@@ -104,9 +111,11 @@ def blame(stages: Sequence[StageRecord], addresses: Mapping[str, str], message: 
 
 
 class Router:
-    def __init__(self, registry: Registry, agents: AgentPool) -> None:
+    def __init__(self, registry: Registry, agents: AgentPool,
+                 observed: Observed | None = None) -> None:
         self.registry = registry
         self.agents = agents
+        self.observed = observed or Observed()
         self._cache: dict[str, DeploymentRecord] = {}
         self._in_flight: Counter[str] = Counter()  # by route name, for draining
 
@@ -118,19 +127,35 @@ class Router:
         dep = self._cache.get(name)
         if dep is None:
             dep = self.registry.deployment(name)
-            if dep is None or dep.state == "undeployed":
+            if dep is None:
                 raise not_found("deployment", name,
                                 [d.name for d in self.registry.deployments()])
             if dep.state in SERVING_STATES:
                 self._cache[name] = dep
         if dep.state not in SERVING_STATES:
+            # Say what GetDeployment says: it exists, in a state that does not serve.
+            hint = {"undeployed": ": deploy it again to serve it",
+                    "deploying": ": wait for the deploy to finish"}.get(dep.state, "")
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"deployment {name} is {dep.state}"
-                           + (f": {dep.error}" if dep.error else ""))
+                           + (f": {dep.error}" if dep.error else hint))
         return dep
 
     async def infer(self, name: str, inputs: Mapping[str, np.ndarray]) -> Outcome:
         dep = self._deployment(name)
+        started = time.perf_counter()
+        try:
+            outcome = await self._infer(dep, inputs)
+        except ApiError as exc:
+            self.observed.failure(dep.name, exc.code.name)
+            raise
+        self.observed.request(dep.name, time.perf_counter() - started, outcome.hops,
+                              outcome.exited_at_stage,
+                              [sum(a.nbytes for a in inputs.values()), *_cut_bytes(dep)[1:]])
+        return outcome
+
+    async def _infer(self, dep: DeploymentRecord, inputs: Mapping[str, np.ndarray]) -> Outcome:
+        name = dep.name
         bound = bind_inputs(inputs, dep.plan.inputs)
         entry = self._entry(dep)
         self._in_flight[dep.route] += 1

@@ -4,7 +4,9 @@
     python protos/generate.py --check  # exit 1 if the checked-in stubs drifted
 
 The stubs are checked in so the agent installs without grpcio-tools; the --check mode
-(run by tests/test_protos.py) keeps them honest.
+(run by tests/test_protos.py) keeps them honest. Beside them, descriptors.binpb: the
+.proto files as a FileDescriptorSet *with their comments*, which server reflection serves
+(agent/reflection.py), so grpcurl's `describe` shows what each field means.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE / "layerfleet" / "v1"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".binpb")
+DESCRIPTORS = "descriptors.binpb"
 
 
 def generate(out_dir: Path) -> None:
@@ -27,6 +30,7 @@ def generate(out_dir: Path) -> None:
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(HERE)) for p in PACKAGE.glob("*.proto"))
+    (out_dir / "layerfleet" / "v1").mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{HERE}",
@@ -34,6 +38,8 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={out_dir / 'layerfleet' / 'v1' / DESCRIPTORS}",
+        "--include_source_info",
         *protos,
     ]
     if protoc.main(args) != 0:

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PartitionError": "errors",
+    "PartitionError": "errors", "ModelFileError": "errors",
     "ModelProfile": "profile", "LayerCost": "profile", "CutCost": "profile",
     "Manifest": "manifest", "ShardInfo": "manifest", "TensorInfo": "manifest",
     "run_local": "local", "LocalPipeline": "local",

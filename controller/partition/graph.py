@@ -83,7 +83,7 @@ def functional_of(model: Any) -> Any:
         graph = getattr(model, "_functional", None)
         if graph is None:
             raise PartitionError(f"Sequential model {model.name!r} has no input shape yet: "
-                                 f"give it keras.Input(shape) or pass --input-shape")
+                                 f"give it keras.Input(shape) or set input_shape")
         return graph
     if not hasattr(model, "_nodes_by_depth") or not hasattr(model, "_run_through_graph"):
         raise PartitionError(
@@ -105,7 +105,7 @@ def build_graph(model: Any) -> LayerGraph:
         if any(d is None for d in shape[1:]):
             raise PartitionError(
                 f"tensor {base} has dynamic shape {list(shape)}: LiteRT needs fixed shapes; "
-                f"give the model a fixed input shape (--input-shape)")
+                f"give the model a fixed input shape (input_shape)")
         name = _sanitize(base)
         while name in used:
             name += "_"

@@ -9,11 +9,13 @@ to split it.
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from layerfleet.controller.partition.errors import PartitionError
+from layerfleet.controller.partition.errors import ModelFileError, PartitionError
 
 
 def _keras() -> Any:
@@ -40,14 +42,17 @@ def load_model(spec: str, *, input_shape: tuple[int, ...] | None = None,
         model = _from_savedmodel(path, shape)
     elif path.suffix in (".keras", ".h5"):
         if not path.exists():
-            raise PartitionError(f"{spec}: no such file")
+            raise ModelFileError(f"{spec}: no such file")
+        problem = file_format_problem(path, path.suffix)
+        if problem:
+            raise ModelFileError(f"{spec}: {problem}")
         try:
             # safe_mode (the default) refuses Lambda layers that would run pickled code.
             model = keras.models.load_model(path, compile=False)
-        except (ValueError, OSError, TypeError) as exc:
-            raise PartitionError(f"{spec}: cannot load: {str(exc).splitlines()[0]}") from None
+        except (ValueError, OSError, TypeError, KeyError) as exc:
+            raise ModelFileError(f"{spec}: cannot load: {str(exc).splitlines()[0]}") from None
     elif path.suffix or "/" in spec:
-        raise PartitionError(f"{spec}: not a .keras, .h5 or SavedModel directory"
+        raise ModelFileError(f"{spec}: not a .keras, .h5 or SavedModel directory"
                              + ("" if path.exists() else " (and no such file)"))
     else:
         model = _builtin(spec, shape)
@@ -60,6 +65,30 @@ def load_model(spec: str, *, input_shape: tuple[int, ...] | None = None,
     if shape is not None:
         model = _with_input_shape(model, shape)
     return model
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def file_format_problem(source: Path | bytes, suffix: str) -> str:
+    """What is wrong with a `.keras` or `.h5` file (a path, or its bytes) before Keras sees
+    it (Keras answers a non-zip .keras with "File not found"); "" if it looks right."""
+    with (open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)) as f:
+        if suffix == ".keras":
+            if not zipfile.is_zipfile(f):
+                return "not a .keras file: a .keras file is a zip archive (model.save('x.keras'))"
+            with zipfile.ZipFile(f) as archive:
+                if "config.json" not in archive.namelist():
+                    return "not a .keras file: the zip archive holds no config.json"
+        elif suffix == ".h5":
+            # HDF5 puts its signature at byte 0 or, after a user block, at 512, 1024, 2048...
+            size = f.seek(0, io.SEEK_END)
+            for offset in [0, *(512 << k for k in range(20) if 512 << k < size)]:
+                f.seek(offset)
+                if f.read(8) == HDF5_SIGNATURE:
+                    return ""
+            return "not an .h5 file: no HDF5 signature (save the model with model.save('x.h5'))"
+    return ""
 
 
 def _builtin(name: str, shape: tuple[int, ...] | None) -> Any:
@@ -84,7 +113,7 @@ def _from_savedmodel(path: Path, shape: tuple[int, ...] | None) -> Any:
     keras = _keras()
     layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
     if shape is None:
-        raise PartitionError(f"{path}: a SavedModel needs --input-shape (its signature may "
+        raise PartitionError(f"{path}: a SavedModel needs input_shape (its signature may "
                              f"have dynamic dimensions)")
     inp = keras.Input(shape, name="input")
     out = layer(inp)
@@ -100,7 +129,7 @@ def _with_input_shape(model: Any, shape: tuple[int, ...]) -> Any:
     if current == shape:
         return model
     if len(getattr(model, "inputs", []) or []) > 1:
-        raise PartitionError("--input-shape applies to single-input models only")
+        raise PartitionError("input_shape applies to single-input models only")
     try:
         clone = keras.models.clone_model(model, input_tensors=keras.Input(shape))
         clone.set_weights(model.get_weights())

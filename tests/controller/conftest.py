@@ -4,7 +4,9 @@ controller's LAN."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,33 @@ async def start_controller(root: Path, replan: bool = False, calibrate: bool = T
     return server
 
 
+@contextlib.asynccontextmanager
+async def three_agents(root: Path, **controller: Any) -> AsyncIterator[LocalFleet]:
+    """A controller and three joined, calibrated agents; all stopped afterwards."""
+    server = await start_controller(root, **controller)
+    fleet = LocalFleet(server, [], server.registry.create_token("tests"), root)
+    try:
+        for i in range(3):
+            await fleet.add_agent(f"agent-{i}")
+        await fleet.wait_devices(3)
+        yield fleet
+    finally:
+        for agent in fleet.agents:
+            await agent.stop(grace_s=0)
+        await fleet.controller.stop(grace_s=0)
+
+
 @pytest.fixture
 async def fleet(tmp_path):
-    controller = await start_controller(tmp_path)
-    token = controller.registry.create_token("tests")
-    fleet = LocalFleet(controller, [], token, tmp_path)
-    for i in range(3):
-        await fleet.add_agent(f"agent-{i}")
-    await fleet.wait_devices(3)
-    yield fleet
-    for agent in fleet.agents:
-        await agent.stop(grace_s=0)
-    await fleet.controller.stop(grace_s=0)
+    async with three_agents(tmp_path) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+async def dashboard_fleet(tmp_path):
+    """Like `fleet`, with the dashboard and /metrics on a free loopback port."""
+    async with three_agents(tmp_path, http="127.0.0.1:0") as fleet:
+        yield fleet
 
 
 def pin_speed(controller: ControllerServer, flops_per_s: float = 50e9) -> None:

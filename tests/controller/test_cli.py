@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from layerfleet.v1 import controller_pb2
 
 from .conftest import save_small_model
 
@@ -113,7 +114,7 @@ async def test_a_controller_killed_mid_deploy_leaves_a_consistent_registry(tmp_p
     def start():
         process = subprocess.Popen(
             [str(BIN / "layerfleet-controller"), "serve", "--listen", "127.0.0.1:0",
-             "--state-dir", str(state), "--no-mdns", "--heartbeat", "0.3"],
+             "--state-dir", str(state), "--no-mdns", "--heartbeat", "0.3", "--http", "off"],
             stderr=subprocess.PIPE, text=True)
         for line in process.stderr:
             if "serving on" in line:
@@ -141,7 +142,7 @@ async def test_a_controller_killed_mid_deploy_leaves_a_consistent_registry(tmp_p
 
         def deploy_until_convert():
             for step in client.deploy("MobileNetV2", objective="throughput"):
-                if step.phase == "convert":
+                if step.phase == controller_pb2.DEPLOY_PHASE_CONVERT:
                     process.send_signal(signal.SIGKILL)  # mid-conversion, nothing pushed
                     return
 
@@ -156,7 +157,7 @@ async def test_a_controller_killed_mid_deploy_leaves_a_consistent_registry(tmp_p
         process, address = start()
         client = ControllerClient(address)
         dep = await asyncio.to_thread(client.deployment, "MobileNetV2")
-        assert dep.state == "failed" and "interrupted" in dep.error
+        assert dep.state == controller_pb2.DEPLOYMENT_STATE_FAILED and "interrupted" in dep.error
         assert [m.name for m in await asyncio.to_thread(client.models)] == ["MobileNetV2"]
         assert all(not a.pipeline.routes for a in agents)
         client.close()

@@ -9,11 +9,18 @@ import hashlib
 import grpc
 import numpy as np
 import pytest
+from layerfleet.controller import wire
 from layerfleet.controller.errors import ApiError
 from layerfleet.controller.partition.local import run_local
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc
 
 from .conftest import pin_speed, save_small_model, start_controller
+
+PHASE, STATE = wire.PHASE, wire.DEPLOYMENT_STATE
+
+
+def word(labels: wire.Labels, value: int) -> str:
+    return labels.word(value)
 
 
 def call(fn, *args, **kwargs):
@@ -34,10 +41,10 @@ async def test_register_plan_deploy_infer_undeploy(fleet, tmp_path):
         assert plan.candidates and plan.baselines
         assert plan.candidates[0].throughput_rps >= max(b.throughput_rps for b in plan.baselines)
         steps = await _deploy(client, "small", objective="throughput")
-        assert steps[-1].phase == "done"
-        assert [s.phase for s in steps][:2] == ["plan", "convert"]
+        assert word(PHASE, steps[-1].phase) == "done"
+        assert [word(PHASE, s.phase) for s in steps][:2] == ["plan", "convert"]
         dep = await call(client.deployment, "small")
-        assert dep.state == "active" and len(dep.stages) >= 2
+        assert word(STATE, dep.state) == "active" and len(dep.stages) >= 2
         assert len({s.device for s in dep.stages}) == len(dep.stages)
 
         x = np.random.default_rng(0).random((1, 12, 12, 1), dtype=np.float32)
@@ -53,7 +60,8 @@ async def test_register_plan_deploy_infer_undeploy(fleet, tmp_path):
         await call(client.undeploy, "small")
         with pytest.raises(ApiError) as err:
             await call(client.infer, "small", x)
-        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "undeployed" in err.value.message
         for agent in fleet.agents:  # routes gone from every agent
             assert not agent.pipeline.routes
 
@@ -101,7 +109,7 @@ async def test_a_model_with_dynamic_shapes_is_refused_naming_the_problem(fleet, 
         with pytest.raises(ApiError) as err:
             await call(client.register_file, tmp_path / "dyn.keras")
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "dynamic shape" in err.value.message and "--input-shape" in err.value.message
+    assert "dynamic shape" in err.value.message and "input_shape" in err.value.message
 
 
 async def test_killing_an_agent_marks_the_deployment_degraded_then_it_recovers(fleet, tmp_path):
@@ -115,10 +123,10 @@ async def test_killing_an_agent_marks_the_deployment_degraded_then_it_recovers(f
         fleet.agents.remove(victim)
         for _ in range(100):
             dep = await call(client.deployment, "small")
-            if dep.state == "degraded":
+            if word(STATE, dep.state) == "degraded":
                 break
             await asyncio.sleep(0.1)
-        assert dep.state == "degraded"
+        assert word(STATE, dep.state) == "degraded"
         assert victim.device_id in dep.error and "down" in dep.error
         x = np.zeros((1, 12, 12, 1), np.float32)
         with pytest.raises(ApiError) as err:
@@ -132,10 +140,10 @@ async def test_killing_an_agent_marks_the_deployment_degraded_then_it_recovers(f
         assert back.device_id == victim.device_id
         for _ in range(100):
             dep = await call(client.deployment, "small")
-            if dep.state == "active":
+            if word(STATE, dep.state) == "active":
                 break
             await asyncio.sleep(0.1)
-        assert dep.state == "active"
+        assert word(STATE, dep.state) == "active"
         assert (await call(client.infer, "small", x)).outputs
 
 
@@ -151,7 +159,7 @@ async def test_a_restarted_controller_keeps_models_and_serves_deployments(fleet,
     with fleet.client() as client:
         assert [m.name for m in await call(client.models)] == ["small"]
         dep = await call(client.deployment, "small")
-        assert dep.state == "active"
+        assert word(STATE, dep.state) == "active"
         np.testing.assert_array_equal((await call(client.infer, "small", x)).output, before)
 
 
@@ -227,7 +235,7 @@ async def test_replanning_moves_a_deployment_without_dropping_requests(tmp_path)
             await asker  # any dropped request would have raised here
             events = [(e.kind, e.message[:80]) for e in
                       await call(lambda: list(client.events()))]
-            assert len(dep.stages) == 3 and dep.state == "active", events
+            assert len(dep.stages) == 3 and word(STATE, dep.state) == "active", events
             assert len(answers) > 5 and all(np.array_equal(a, expected) for a in answers)
             kinds = [e.kind for e in await call(lambda: list(client.events()))]
             assert "replan.done" in kinds
@@ -240,7 +248,7 @@ async def test_replanning_moves_a_deployment_without_dropping_requests(tmp_path)
             fleet.agents.remove(victim)
             for _ in range(200):
                 dep = await call(client.deployment, "small")
-                if dep.state == "active" and victim.device_id not in {s.device
+                if word(STATE, dep.state) == "active" and victim.device_id not in {s.device
                                                                       for s in dep.stages}:
                     break
                 await asyncio.sleep(0.1)
@@ -256,7 +264,7 @@ async def test_agent_to_agent_links_are_measured_on_request_and_used_by_the_plan
     with fleet.client() as client:
         links = await call(client.measure_links)
     assert len(links) == 3 and all(not l.error for l in links)
-    assert all(l.bandwidth_Bps > 1e6 and 0 < l.rtt_s < 1 for l in links)
+    assert all(l.bandwidth_bytes_per_s > 1e6 and 0 < l.rtt_s < 1 for l in links)
     stored = {(l["a"], l["b"]) for l in fleet.controller.registry.links()}
     assert stored == {(l.a, l.b) for l in links}
     from layerfleet.controller import planner
@@ -264,4 +272,4 @@ async def test_agent_to_agent_links_are_measured_on_request_and_used_by_the_plan
     view = planner.fleet_from(fleet.controller.registry.devices(),
                               fleet.controller.registry.links())
     a, b = links[0].a, links[0].b
-    assert view.link(a, b).bandwidth_Bps == pytest.approx(links[0].bandwidth_Bps)
+    assert view.link(a, b).bandwidth_Bps == pytest.approx(links[0].bandwidth_bytes_per_s)

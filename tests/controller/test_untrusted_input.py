@@ -54,7 +54,7 @@ async def test_a_deployment_name_that_is_a_path_is_refused_and_nothing_is_touche
         assert [p for p in before if p not in after] == []
         assert [m.name for m in await call(client.models)] == ["small"]
         steps = await call(lambda: list(client.deploy("small", name="fine")))
-        assert steps[-1].phase == "done"
+        assert steps[-1].phase == controller_pb2.DEPLOY_PHASE_DONE
 
 
 def link_chain_tar(escape_to: str) -> bytes:

@@ -94,6 +94,8 @@ def split_dir(model_files, tmp_path_factory, shard_cache):
 
 
 def _bad(args, tmp_path):
+    (tmp_path / "text.keras").write_text("not a model")
+    (tmp_path / "text.h5").write_text("not a model")
     np.save(tmp_path / "wrong_shape.npy", np.zeros((1, 9, 9, 1), np.float32))
     np.save(tmp_path / "wrong_dtype.npy", np.zeros((1, 10, 10, 1), np.float64))
     return run(*[a.format(tmp=tmp_path) for a in args])
@@ -104,6 +106,8 @@ def _bad(args, tmp_path):
     (["inspect", "NotAnArchitecture"], "not a file nor a keras.applications"),
     (["split", "{tmp}/missing.keras", "--shards", "2", "--out", "{tmp}/o"], "no such file"),
     (["run-local", "{tmp}/nowhere", "--input", "{tmp}/wrong_shape.npy"], "no manifest.json"),
+    (["inspect", "{tmp}/text.keras"], "not a .keras file: a .keras file is a zip archive"),
+    (["inspect", "{tmp}/text.h5"], "not an .h5 file: no HDF5 signature"),
 ])
 def test_bad_input_is_one_line_on_stderr(args, message, tmp_path):
     result = _bad(args, tmp_path)

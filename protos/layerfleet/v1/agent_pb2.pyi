@@ -276,12 +276,12 @@ class MeasureLinkRequest(_message.Message):
     def __init__(self, address: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class LinkReply(_message.Message):
-    __slots__ = ("bandwidth_Bps", "rtt_s")
-    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("bandwidth_bytes_per_s", "rtt_s")
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     RTT_S_FIELD_NUMBER: _ClassVar[int]
-    bandwidth_Bps: float
+    bandwidth_bytes_per_s: float
     rtt_s: float
-    def __init__(self, bandwidth_Bps: _Optional[float] = ..., rtt_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, bandwidth_bytes_per_s: _Optional[float] = ..., rtt_s: _Optional[float] = ...) -> None: ...
 
 class Faults(_message.Message):
     __slots__ = ("delay_ms",)

@@ -8,6 +8,59 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
+    OBJECTIVE_LATENCY: _ClassVar[Objective]
+    OBJECTIVE_THROUGHPUT: _ClassVar[Objective]
+    OBJECTIVE_ENERGY: _ClassVar[Objective]
+    OBJECTIVE_WEIGHTED: _ClassVar[Objective]
+
+class Redundancy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDUNDANCY_UNSPECIFIED: _ClassVar[Redundancy]
+    REDUNDANCY_NONE: _ClassVar[Redundancy]
+    REDUNDANCY_GNH: _ClassVar[Redundancy]
+
+class DeviceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_STATE_UNSPECIFIED: _ClassVar[DeviceState]
+    DEVICE_STATE_UP: _ClassVar[DeviceState]
+    DEVICE_STATE_DOWN: _ClassVar[DeviceState]
+    DEVICE_STATE_DUPLICATE: _ClassVar[DeviceState]
+
+class FoundBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FOUND_BY_UNSPECIFIED: _ClassVar[FoundBy]
+    FOUND_BY_MDNS: _ClassVar[FoundBy]
+    FOUND_BY_JOIN: _ClassVar[FoundBy]
+    FOUND_BY_STATIC: _ClassVar[FoundBy]
+
+class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPLOYMENT_STATE_UNSPECIFIED: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_DEPLOYING: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_ACTIVE: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_DEGRADED: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_FAILED: _ClassVar[DeploymentState]
+    DEPLOYMENT_STATE_UNDEPLOYED: _ClassVar[DeploymentState]
+
+class StageState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STAGE_STATE_UNSPECIFIED: _ClassVar[StageState]
+    STAGE_STATE_READY: _ClassVar[StageState]
+    STAGE_STATE_DOWN: _ClassVar[StageState]
+
+class DeployPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEPLOY_PHASE_UNSPECIFIED: _ClassVar[DeployPhase]
+    DEPLOY_PHASE_PLAN: _ClassVar[DeployPhase]
+    DEPLOY_PHASE_CONVERT: _ClassVar[DeployPhase]
+    DEPLOY_PHASE_UPLOAD: _ClassVar[DeployPhase]
+    DEPLOY_PHASE_ROUTE: _ClassVar[DeployPhase]
+    DEPLOY_PHASE_DONE: _ClassVar[DeployPhase]
+    DEPLOY_PHASE_FAILED: _ClassVar[DeployPhase]
+
 class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_FORMAT_UNSPECIFIED: _ClassVar[ModelFormat]
@@ -15,6 +68,38 @@ class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     H5: _ClassVar[ModelFormat]
     SAVEDMODEL_TAR: _ClassVar[ModelFormat]
     BUILTIN: _ClassVar[ModelFormat]
+OBJECTIVE_UNSPECIFIED: Objective
+OBJECTIVE_LATENCY: Objective
+OBJECTIVE_THROUGHPUT: Objective
+OBJECTIVE_ENERGY: Objective
+OBJECTIVE_WEIGHTED: Objective
+REDUNDANCY_UNSPECIFIED: Redundancy
+REDUNDANCY_NONE: Redundancy
+REDUNDANCY_GNH: Redundancy
+DEVICE_STATE_UNSPECIFIED: DeviceState
+DEVICE_STATE_UP: DeviceState
+DEVICE_STATE_DOWN: DeviceState
+DEVICE_STATE_DUPLICATE: DeviceState
+FOUND_BY_UNSPECIFIED: FoundBy
+FOUND_BY_MDNS: FoundBy
+FOUND_BY_JOIN: FoundBy
+FOUND_BY_STATIC: FoundBy
+DEPLOYMENT_STATE_UNSPECIFIED: DeploymentState
+DEPLOYMENT_STATE_DEPLOYING: DeploymentState
+DEPLOYMENT_STATE_ACTIVE: DeploymentState
+DEPLOYMENT_STATE_DEGRADED: DeploymentState
+DEPLOYMENT_STATE_FAILED: DeploymentState
+DEPLOYMENT_STATE_UNDEPLOYED: DeploymentState
+STAGE_STATE_UNSPECIFIED: StageState
+STAGE_STATE_READY: StageState
+STAGE_STATE_DOWN: StageState
+DEPLOY_PHASE_UNSPECIFIED: DeployPhase
+DEPLOY_PHASE_PLAN: DeployPhase
+DEPLOY_PHASE_CONVERT: DeployPhase
+DEPLOY_PHASE_UPLOAD: DeployPhase
+DEPLOY_PHASE_ROUTE: DeployPhase
+DEPLOY_PHASE_DONE: DeployPhase
+DEPLOY_PHASE_FAILED: DeployPhase
 MODEL_FORMAT_UNSPECIFIED: ModelFormat
 KERAS: ModelFormat
 H5: ModelFormat
@@ -78,7 +163,7 @@ class ListModelsReply(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("id", "address", "hostname", "arch", "cores", "memory_bytes", "runtime", "version", "state", "found_by", "flops_per_s", "link_bandwidth_Bps", "link_rtt_s", "last_seen", "power_w", "energy_method", "cpu_percent", "memory_available")
+    __slots__ = ("id", "address", "hostname", "arch", "cores", "memory_bytes", "runtime", "version", "state", "found_by", "flops_per_s", "link_bandwidth_bytes_per_s", "link_rtt_s", "last_seen", "power_w", "energy_method", "cpu_percent", "memory_available", "temperature_c", "joules_total")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -90,13 +175,15 @@ class DeviceStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     FOUND_BY_FIELD_NUMBER: _ClassVar[int]
     FLOPS_PER_S_FIELD_NUMBER: _ClassVar[int]
-    LINK_BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    LINK_BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     LINK_RTT_S_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     POWER_W_FIELD_NUMBER: _ClassVar[int]
     ENERGY_METHOD_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    JOULES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     hostname: str
@@ -105,17 +192,19 @@ class DeviceStatus(_message.Message):
     memory_bytes: int
     runtime: str
     version: str
-    state: str
-    found_by: str
+    state: DeviceState
+    found_by: FoundBy
     flops_per_s: float
-    link_bandwidth_Bps: float
+    link_bandwidth_bytes_per_s: float
     link_rtt_s: float
     last_seen: float
     power_w: float
     energy_method: str
     cpu_percent: float
     memory_available: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., arch: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., runtime: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., found_by: _Optional[str] = ..., flops_per_s: _Optional[float] = ..., link_bandwidth_Bps: _Optional[float] = ..., link_rtt_s: _Optional[float] = ..., last_seen: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_method: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[int] = ...) -> None: ...
+    temperature_c: float
+    joules_total: float
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., arch: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., runtime: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[_Union[DeviceState, str]] = ..., found_by: _Optional[_Union[FoundBy, str]] = ..., flops_per_s: _Optional[float] = ..., link_bandwidth_bytes_per_s: _Optional[float] = ..., link_rtt_s: _Optional[float] = ..., last_seen: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_method: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_available: _Optional[int] = ..., temperature_c: _Optional[float] = ..., joules_total: _Optional[float] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()
@@ -132,18 +221,18 @@ class MeasureLinksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LinkStatus(_message.Message):
-    __slots__ = ("a", "b", "bandwidth_Bps", "rtt_s", "error")
+    __slots__ = ("a", "b", "bandwidth_bytes_per_s", "rtt_s", "error")
     A_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
-    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     RTT_S_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     a: str
     b: str
-    bandwidth_Bps: float
+    bandwidth_bytes_per_s: float
     rtt_s: float
     error: str
-    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., bandwidth_Bps: _Optional[float] = ..., rtt_s: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., rtt_s: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class MeasureLinksReply(_message.Message):
     __slots__ = ("links",)
@@ -159,11 +248,11 @@ class PlanRequest(_message.Message):
     REDUNDANCY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     model: str
-    objective: str
+    objective: Objective
     sla_ms: float
-    redundancy: str
+    redundancy: Redundancy
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., objective: _Optional[str] = ..., sla_ms: _Optional[float] = ..., redundancy: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., sla_ms: _Optional[float] = ..., redundancy: _Optional[_Union[Redundancy, str]] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class StagePlan(_message.Message):
     __slots__ = ("start", "stop", "device", "replicas", "compute_s", "transfer_in_s", "memory_bytes", "energy_j", "bytes_in", "first_layer", "last_layer")
@@ -213,13 +302,13 @@ class Candidate(_message.Message):
     STAGES_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
-    objective: str
+    objective: Objective
     latency_s: float
     throughput_rps: float
     energy_j: float
     stages: _containers.RepeatedCompositeFieldContainer[StagePlan]
     links: _containers.RepeatedCompositeFieldContainer[LinkUse]
-    def __init__(self, strategy: _Optional[str] = ..., objective: _Optional[str] = ..., latency_s: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., energy_j: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[StagePlan, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkUse, _Mapping]]] = ...) -> None: ...
+    def __init__(self, strategy: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., latency_s: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., energy_j: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[StagePlan, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkUse, _Mapping]]] = ...) -> None: ...
 
 class PlanReply(_message.Message):
     __slots__ = ("candidates", "baselines")
@@ -239,11 +328,11 @@ class DeployRequest(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     model: str
     name: str
-    objective: str
+    objective: Objective
     sla_ms: float
-    redundancy: str
+    redundancy: Redundancy
     plan: int
-    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., objective: _Optional[str] = ..., sla_ms: _Optional[float] = ..., redundancy: _Optional[str] = ..., plan: _Optional[int] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., sla_ms: _Optional[float] = ..., redundancy: _Optional[_Union[Redundancy, str]] = ..., plan: _Optional[int] = ...) -> None: ...
 
 class DeployProgress(_message.Message):
     __slots__ = ("deployment", "phase", "message", "fraction")
@@ -252,10 +341,10 @@ class DeployProgress(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     deployment: str
-    phase: str
+    phase: DeployPhase
     message: str
     fraction: float
-    def __init__(self, deployment: _Optional[str] = ..., phase: _Optional[str] = ..., message: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+    def __init__(self, deployment: _Optional[str] = ..., phase: _Optional[_Union[DeployPhase, str]] = ..., message: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
 
 class StageStatus(_message.Message):
     __slots__ = ("stage", "start", "stop", "device", "address", "replicas", "shard_sha256", "shard_bytes", "state")
@@ -276,8 +365,8 @@ class StageStatus(_message.Message):
     replicas: _containers.RepeatedScalarFieldContainer[str]
     shard_sha256: str
     shard_bytes: int
-    state: str
-    def __init__(self, stage: _Optional[int] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., device: _Optional[str] = ..., address: _Optional[str] = ..., replicas: _Optional[_Iterable[str]] = ..., shard_sha256: _Optional[str] = ..., shard_bytes: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    state: StageState
+    def __init__(self, stage: _Optional[int] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., device: _Optional[str] = ..., address: _Optional[str] = ..., replicas: _Optional[_Iterable[str]] = ..., shard_sha256: _Optional[str] = ..., shard_bytes: _Optional[int] = ..., state: _Optional[_Union[StageState, str]] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("name", "model", "state", "error", "stages", "plan", "inputs", "outputs", "created_at", "updated_at")
@@ -293,7 +382,7 @@ class Deployment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
-    state: str
+    state: DeploymentState
     error: str
     stages: _containers.RepeatedCompositeFieldContainer[StageStatus]
     plan: Candidate
@@ -301,7 +390,7 @@ class Deployment(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
     created_at: float
     updated_at: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[str] = ..., error: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., plan: _Optional[_Union[Candidate, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., error: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageStatus, _Mapping]]] = ..., plan: _Optional[_Union[Candidate, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ()
