@@ -13,9 +13,15 @@ import numpy as np
 import pytest
 from layerfleet.agent.client import AgentClient
 from layerfleet.agent.identity import ID_FILE
+from layerfleet.controller import wire
 from layerfleet.controller.errors import ApiError
 
 from .conftest import LocalFleet, pin_speed, save_small_model, start_controller
+
+
+def state_of(dep) -> str:
+    """A Deployment's state (an enum on the wire) as the word the registry keeps."""
+    return wire.DEPLOYMENT_STATE.word(dep.state)
 
 
 def call(fn, *args, **kwargs):
@@ -148,12 +154,12 @@ async def test_a_device_returning_during_a_replan_leaves_the_deployment_serving(
                                   await call(lambda: list(client.events()))]
                         dep = await call(client.deployment, "small")
                         pytest.fail(f"the deployment does not serve ({exc}); it is "
-                                    f"{dep.state} on {[s.device for s in dep.stages]}; "
+                                    f"{state_of(dep)} on {[s.device for s in dep.stages]}; "
                                     f"events {events[-8:]}")
                     await asyncio.sleep(0.2)
             np.testing.assert_array_equal(got, expected)
             dep = await call(client.deployment, "small")
-            assert dep.state == "active"
+            assert state_of(dep) == "active"
     finally:
         await stop_fleet(fleet)
 
@@ -262,7 +268,7 @@ async def test_a_request_failing_past_the_entry_names_the_stage_that_failed(tmp_
             dep = await call(client.deployment, "small")
         named = f"stage {last.stage} on {victim.device_id}"
         assert named in err.value.message and "stage 0" not in err.value.message
-        assert dep.state == "degraded" and named in dep.error, dep.error
+        assert state_of(dep) == "degraded" and named in dep.error, dep.error
     finally:
         await stop_fleet(fleet)
 
@@ -295,7 +301,7 @@ async def test_an_entry_replica_absorbs_a_dead_entry_and_nothing_is_degraded(tmp
         expected = next(iter(run_local(record.manifest_dir, {"": x}).values()))
         np.testing.assert_array_equal(got.output, expected)
         assert got.hops[0].device in dep.stages[0].replicas
-        assert dep.state == "active", dep.error
+        assert state_of(dep) == "active", dep.error
         assert fleet.controller.registry.device(victim.device_id).state == "up"  # not yet
     finally:
         await stop_fleet(fleet)
