@@ -170,8 +170,10 @@ class _Capacity:
         cap = np.minimum(f * np.maximum(knots[:, None] - o, 0.0), most).sum(axis=1)
         rising = np.concatenate([[True], np.diff(cap) > 0])   # the first knot of each level
         knots, cap = knots[rising], cap[rising]
-        out = np.interp(self.rest, cap, knots)
-        out[self.rest > cap[-1] * (1 + 1e-12)] = INF
+        # f * (knot - o) rounds (knots are o + most / f): a relative slack of 1e-9 keeps
+        # the bound below the optimum it must not pass.
+        out = np.interp(self.rest, cap, knots) * (1 - 1e-9)
+        out[self.rest > cap[-1] * (1 + 1e-9)] = INF
         out[self.rest <= 0] = 0.0
         return out
 
