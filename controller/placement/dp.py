@@ -182,7 +182,7 @@ def _up(fleet: Fleet) -> Fleet:
 
 def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
           w_time: float = 1.0, w_energy: float = 0.0,
-          positions: list[int] | None = None, max_nodes: int = search.DEFAULT_NODES) -> Solved:
+          positions: list[int] | None = None, max_nodes: int | None = None) -> Solved:
     up = _up(fleet)
     positions = positions or candidate_positions(costs)
     if len(up.devices) > FLEET_DEVICES:
@@ -200,8 +200,8 @@ def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
                        for i, (_, plan) in enumerate(ranked)], True)
     seeds = sorted(_run(obj, _orders(up)).values()) \
         if len(up.devices) <= FIXED_ORDER_DEVICES else []
-    found = search.branch_and_bound(t, obj, search.relax(obj),
-                                    incumbent=seeds[0] if seeds else None, max_nodes=max_nodes)
+    found = search.optimise(t, obj, incumbent=seeds[0] if seeds else None,
+                            max_nodes=max_nodes)
     if found.value == INF:
         if found.complete:
             raise PlacementError(_why_nothing_fits(costs, up))

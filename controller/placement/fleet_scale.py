@@ -154,11 +154,11 @@ def _plan_shortlist(costs: ModelCosts, fleet: Fleet, kind: search.Combine, w_tim
 
 def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
           w_time: float, w_energy: float, positions: list[int], *,
-          max_nodes: int = search.DEFAULT_NODES) -> search.Solved:
+          max_nodes: int | None = None) -> search.Solved:
     sub, bound = _plan_shortlist(costs, fleet, kind, w_time, w_energy, positions)
     t = search.tables(costs, sub, positions)
     obj = search.objective(t, kind, w_time, w_energy)
-    found = search.branch_and_bound(t, obj, search.relax(obj), max_nodes=max_nodes)
+    found = search.optimise(t, obj, max_nodes=max_nodes)
     if found.value == INF:
         raise PlacementError(
             f"no placement found on the {len(sub.devices)} devices shortlisted from "

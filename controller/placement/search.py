@@ -226,6 +226,19 @@ def branch_and_bound(t: Tables, obj: Objective, relaxed: Relaxed, *,
     return _found(best, best_path, [entry[0] for entry in stack], nodes)
 
 
+def optimise(t: Tables, obj: Objective, *, incumbent: tuple[float, Path] | None = None,
+             max_nodes: int | None = None) -> Found:
+    """The solver for one objective: the threshold search (bottleneck.py) for the
+    bottleneck, the branch and bound above for sums. max_nodes None: the solver's default."""
+    if obj.combine == "max":
+        from layerfleet.controller.placement import bottleneck  # (it builds on this module)
+
+        return bottleneck.least_bottleneck(t, obj, relax(obj), incumbent=incumbent,
+                                           max_nodes=max_nodes or bottleneck.DEFAULT_NODES)
+    return branch_and_bound(t, obj, relax(obj), incumbent=incumbent,
+                            max_nodes=max_nodes or DEFAULT_NODES)
+
+
 def _found(best: float, path: Path, open_bounds: list[float], nodes: int) -> Found:
     """Every placement better than `best` lies under a node still open, and costs at least
     its bound: the least open bound is a lower bound (none open: best is the optimum)."""
