@@ -166,12 +166,16 @@ class _Capacity:
         if not len(f):
             out[self.rest > 0] = INF
             return out
-        knots = np.unique(np.concatenate([o, o + most / f]))
-        cap = np.minimum(f * np.maximum(knots[:, None] - o, 0.0), most).sum(axis=1)
+        full = o + most / f                   # where each device's stage is as big as it fits
+        knots = np.unique(np.concatenate([o, full]))
+        # From its own knot on a device gives exactly `most`: f * (knot - o) rounds, and a
+        # level reached a hair late would make the bound jump to a later knot.
+        cap = np.where(knots[:, None] >= full, most,
+                       np.minimum(f * np.maximum(knots[:, None] - o, 0.0), most)).sum(axis=1)
         rising = np.concatenate([[True], np.diff(cap) > 0])   # the first knot of each level
         knots, cap = knots[rising], cap[rising]
-        # f * (knot - o) rounds (knots are o + most / f): a relative slack of 1e-9 keeps
-        # the bound below the optimum it must not pass.
+        # Between knots the interpolation rounds too: a relative slack of 1e-9 keeps the
+        # bound below the optimum it must not pass.
         out = np.interp(self.rest, cap, knots) * (1 - 1e-9)
         out[self.rest > cap[-1] * (1 + 1e-9)] = INF
         out[self.rest <= 0] = 0.0
