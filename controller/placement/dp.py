@@ -173,6 +173,8 @@ def _trace(states: dict[tuple, _State], keys: list[tuple], key: tuple, q: int) -
 
 
 def _up(fleet: Fleet) -> Fleet:
+    if all(d.up for d in fleet.devices) and fleet.devices:
+        return fleet   # (the same object keeps what solvers derived from it)
     up = Fleet([d for d in fleet.devices if d.up], fleet.links, fleet.source,
                fleet.default_link)
     if not up.devices:
