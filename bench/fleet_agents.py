@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import statistics
 import tempfile
@@ -145,7 +146,16 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
         time.sleep(10)
         cpu0, _ = _controller_usage(controller.process.pid)
         wall0 = time.monotonic()
-        lat: dict[str, list[float]] = {"Plan": [], "GetDeployment": [], "Infer": []}
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        # The floor: a health check does no work in the controller, so its latency is
+        # what the loop (busy with heartbeats) and this machine allow any call.
+        health_channel = grpc.insecure_channel(controller.address)
+        health = health_pb2_grpc.HealthStub(health_channel)
+        load0 = os.getloadavg()[0]
+        lat: dict[str, list[float]] = {"Plan": [], "GetDeployment": [], "Infer": [],
+                                       "Health (floor)": []}
         listing: list[float] = []
         rss: list[int] = []
         end = time.monotonic() + seconds
@@ -153,11 +163,15 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
             lat["Plan"].append(_timed(lambda: client.plan("digits")))
             lat["GetDeployment"].append(_timed(lambda: client.deployment("digits")))
             lat["Infer"].append(_timed(lambda: client.infer("digits", sample)))
+            lat["Health (floor)"].append(_timed(lambda: health.Check(
+                health_pb2.HealthCheckRequest(), timeout=10)))
             if len(lat["Infer"]) % 20 == 1:
                 listing.append(_timed(client.devices))
                 rss.append(_controller_usage(controller.process.pid)[1])
             time.sleep(0.05)
         cpu1, _ = _controller_usage(controller.process.pid)
+        load1 = os.getloadavg()[0]
+        health_channel.close()
         cpu_share = (cpu1 - cpu0) / (time.monotonic() - wall0)
         devices = client.devices()
         down = [d.id for d in devices if d.state != "up"]
@@ -182,6 +196,7 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
         "controller_rss_bytes_max": max(rss),
         "sqlite_bytes": db.stat().st_size if db.exists() else 0,
         "sqlite_wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        "load_average_1min": [load0, load1], "cores": os.cpu_count(),
     }
     print(f"\n{n_agents} simulated agents, {processes} processes, {seconds:.0f} s measured")
     print(f"  joined {totals['joined']}, heartbeats {totals['beats']} (~{beats_per_s:.0f}/s, "
@@ -195,4 +210,6 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
     print(f"  devices not up at the end: {len(down)} (goal 0)")
     print(f"  controller: {cpu_share:.2f} cores, RSS max {max(rss) / 1e6:.0f} MB; SQLite "
           f"{result['sqlite_bytes'] / 1e6:.1f} MB + WAL {result['sqlite_wal_bytes'] / 1e6:.1f} MB")
+    print(f"  machine: {os.cpu_count()} cores, load average {load0:.1f} -> {load1:.1f} "
+          f"(the simulated agents, the controller and whatever else runs here)")
     return result
