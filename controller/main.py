@@ -102,6 +102,7 @@ class ControllerServer:
         self._liveness: asyncio.Task[None] | None = None
         self._replanner: asyncio.Task[None] | None = None
         self._replan_state: dict[str, ReplanState] = {}
+        self._replan_settled = -1   # Registry.changes at the last sweep that moved nothing
 
     async def _device_up(self, device_id: str) -> None:
         await self.deployer.restore_device(device_id)
@@ -111,6 +112,13 @@ class ControllerServer:
 
     async def _replan_once(self) -> None:
         """Ask the placement engine whether each serving deployment should move."""
+        # Without drift observations (not fed yet) only a device or deployment row that
+        # changed can change the answer: when none did since a sweep that moved nothing,
+        # skip the read of every device row (10,000 rows: ~0.1 s of the event loop).
+        changes = self.registry.changes
+        if changes == self._replan_settled:
+            return
+        settled = True
         # A device counts once calibrated: re-planning onto a guessed speed helps nobody.
         devices = [d for d in self.registry.devices() if d.flops_per_s > 0]
         fleet_now = planner.fleet_from(devices, self.registry.links())
@@ -128,6 +136,7 @@ class ControllerServer:
             decision = should_replan(current, fleet_now, [], state, now=time.monotonic())
             if not decision.replan:
                 continue
+            settled = False
             name = dep.name
 
             async def drain(route: str, name: str = name) -> None:
@@ -137,6 +146,8 @@ class ControllerServer:
             if await self.deployer.replan(name, decision.reason, drain=drain):
                 self.router.forget(name)
                 self.events.notify()
+        if settled:
+            self._replan_settled = changes
 
     async def _replan_loop(self) -> None:
         while True:
