@@ -257,7 +257,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             if done is not None:
                 session.submit(message.request_id, done.first.deployment, done.first.stage,
                                done.arrays, timeout_s=done.first.timeout_s,
-                               held_bytes=done.held_bytes)
+                               held_bytes=done.held_bytes, encoded=done.encoded)
 
         async def read() -> None:
             messages = _Inbox(request_iterator)
