@@ -82,6 +82,12 @@ class Affine:
         q = np.rint(np.asarray(x, np.float32) / np.float32(self.scale)) + self.zero_point
         return np.clip(q, -128, 127).astype(np.int8)
 
+    def same_as(self, other: Affine | None) -> bool:
+        """The same map, up to float32 rounding of the scale (two shards calibrated on one
+        tensor agree to the last bit or two)."""
+        return other is not None and self.zero_point == other.zero_point and \
+            abs(self.scale - other.scale) <= 1e-6 * max(abs(self.scale), abs(other.scale))
+
     @classmethod
     def covering(cls, x: np.ndarray) -> Affine:
         """The int8 affine map of x's range (with 0 inside it, so zeros stay exact)."""
@@ -249,9 +255,9 @@ def decode(payload: np.ndarray, encoding: tensor_pb2.Encoding, dtype: np.dtype,
         values.shape != shape else values
     sent_affine = Affine(encoding.scale, encoding.zero_point) if encoding.scale else None
     want = np.dtype(want)
-    if values.dtype == want and (want.kind == "f" or sent_affine == want_affine
-                                 or want_affine is None):
-        return values
+    if values.dtype == want and (want.kind == "f" or want_affine is None
+                                 or (sent_affine is not None and sent_affine.same_as(want_affine))):
+        return values   # already what the shard takes: int8 on its own map goes as it is
     if want == np.float32 and values.dtype.kind == "f":
         return values.astype(np.float32)
     if want == np.float32 and sent_affine is not None:
@@ -288,3 +294,25 @@ def to_contract(inputs: Mapping[str, np.ndarray],
 def encoded_headers(tensors: Iterable[tensor_pb2.Tensor]) -> dict[str, tensor_pb2.Tensor]:
     """The tensors of a request that carry an Encoding, by name (what to_contract takes)."""
     return {t.name: t for t in tensors if t.HasField("encoding")}
+
+
+def hand_over(outputs: Mapping[str, np.ndarray], affines: Mapping[str, Affine | None],
+              fmt: WireFormat, wants: Mapping[str, tuple[np.dtype, Affine | None]]
+              ) -> dict[str, np.ndarray]:
+    """What one stage's outputs become as the next stage's inputs across a hop in `fmt`:
+    encoded as the sender does, decoded as the receiver does (run-local and the accuracy
+    measurements use this to see exactly what a deployment computes)."""
+    out = {}
+    for name, arr in outputs.items():
+        e = encode(arr, fmt, affines.get(name))
+        want, want_affine = wants.get(name, (e.dtype, None))
+        out[name] = decode(e.payload, e.encoding, e.dtype, e.shape, want, want_affine, name)
+    return out
+
+
+def floats(outputs: Mapping[str, np.ndarray], affines: Mapping[str, Affine | None]
+           ) -> dict[str, np.ndarray]:
+    """Outputs as a client takes them: int8 ones (a shard that ends before its dequantise)
+    as the floats they stand for."""
+    return {name: affines[name].dequantise(arr) if affines.get(name) is not None else arr
+            for name, arr in outputs.items()}

@@ -252,11 +252,11 @@ class Pipeline:
             if affines.get(route.exit.output_name) is not None:
                 exit_output = affines[route.exit.output_name].dequantise(exit_output)
             if float(np.max(exit_output)) >= route.exit.threshold:
-                reply(Outputs(request_id, _floats(outputs, affines), [mine],
+                reply(Outputs(request_id, codecs.floats(outputs, affines), [mine],
                               exited_at_stage=stage))
                 return None
         if not route.next_hops:
-            reply(Outputs(request_id, _floats(outputs, affines), [mine]))
+            reply(Outputs(request_id, codecs.floats(outputs, affines), [mine]))
             return None
         if route.HasField("activations") or any(affines.values()):
             outputs = codecs.encode_many(outputs, codecs.WireFormat.from_pb(route.activations),
@@ -276,10 +276,3 @@ class Pipeline:
         self.timers.close()
         self.compute.shutdown()
 
-
-def _floats(outputs: dict[str, np.ndarray], affines: Mapping[str, codecs.Affine | None]
-            ) -> dict[str, np.ndarray]:
-    """Outputs as a client takes them: int8 ones (a shard cut off before its dequantise)
-    as the floats they stand for."""
-    return {name: affines[name].dequantise(arr) if affines.get(name) is not None else arr
-            for name, arr in outputs.items()}
