@@ -118,8 +118,10 @@ class AgentClient:
         return failover.Replica(self.address, self._stream.outstanding, self.failed_at,
                                 self.stalled_at, self.round_trip_s)
 
-    async def benchmark(self, runs: int = 5) -> agent_pb2.BenchmarkReply:
-        return await self._unary(self._stub.Benchmark, agent_pb2.BenchmarkRequest(runs=runs),
+    async def benchmark(self, runs: int = 5, precision: str = "fp32"
+                        ) -> agent_pb2.BenchmarkReply:
+        return await self._unary(self._stub.Benchmark,
+                                 agent_pb2.BenchmarkRequest(runs=runs, precision=precision),
                                  timeout=120)
 
     async def echo(self, nbytes: int) -> float:

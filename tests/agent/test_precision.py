@@ -83,3 +83,16 @@ async def test_a_route_with_an_unknown_wire_format_is_refused(agents, digit_spli
         route.activations.precision = 7
         with pytest.raises(AgentError, match="unknown wire format"):
             await client._unary(client._stub.SetRoute, route)
+
+
+async def test_benchmark_measures_float32_and_int8_speed(agents):
+    from layerfleet.agent.client import AgentError
+
+    server = await agents("a")
+    async with AgentClient(server.address) as client:
+        fp32 = await client.benchmark(runs=3)
+        int8 = await client.benchmark(runs=3, precision="int8")
+        assert fp32.flops_per_run == int8.flops_per_run > 0, "the same convolutions"
+        assert fp32.flops_per_s > 0 and int8.flops_per_s > 0
+        with pytest.raises(AgentError, match="no calibration shard for precision 'int4'"):
+            await client.benchmark(precision="int4")
