@@ -95,7 +95,7 @@ def zoo(names: list[str], cache: Path, rounds: int, calib_n: int, eval_n: int) -
             runners[p] = ShardRunner(path, num_threads=1)
         secs = timed(runners, {inp: evals[:1]}, rounds)
         ref = [runners["fp32"].run({inp: e[None]}) for e in evals]
-        row = {"model": name, "flops": sum(l.flops for l in analysis.profile.layers),
+        row = {"model": name, "flops": sum(layer.flops for layer in analysis.profile.layers),
                "seconds": secs}
         for p in PRECISIONS[1:]:
             got = [runners[p].run({inp: e[None]}) for e in evals]

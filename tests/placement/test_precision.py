@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from layerfleet.controller.partition.accuracy import Agreement, Choice, cheapest
 from layerfleet.agent.codecs import WireFormat
+from layerfleet.controller.partition.accuracy import Agreement, Choice, cheapest
 from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts
 from layerfleet.controller.placement.precision import PrecisionOption, apply, plan_options
 
