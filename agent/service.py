@@ -257,7 +257,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             if done is not None:
                 session.submit(message.request_id, done.first.deployment, done.first.stage,
                                done.arrays, timeout_s=done.first.timeout_s,
-                               held_bytes=done.held_bytes)
+                               held_bytes=done.held_bytes, encoded=done.encoded)
 
         async def read() -> None:
             messages = _Inbox(request_iterator)
@@ -314,13 +314,15 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             yield self.sample()
             await asyncio.sleep(interval)
 
+    @_statuses
     async def Benchmark(self, request: agent_pb2.BenchmarkRequest,
                         context: grpc.aio.ServicerContext) -> agent_pb2.BenchmarkReply:
         from layerfleet.agent import calibration
 
         runs = min(max(request.runs or 5, 1), 100)
         seconds, flops = await asyncio.to_thread(calibration.run, runs,
-                                                 self.pipeline.compute.threads_per_run)
+                                                 self.pipeline.compute.threads_per_run,
+                                                 request.precision or "fp32")
         return agent_pb2.BenchmarkReply(flops_per_s=flops / seconds, seconds_per_run=seconds,
                                         flops_per_run=flops)
 
