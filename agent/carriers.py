@@ -23,12 +23,11 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Generic, Literal, Protocol, TypeVar
 
 import grpc
-import numpy as np
-from layerfleet.agent import answers, dataport, transport, wire
+from layerfleet.agent import answers, codecs, dataport, transport, wire
 from layerfleet.agent.answers import Answer
 from layerfleet.agent.errors import Cancelled, StatusError, Unavailable
 from layerfleet.v1 import agent_pb2, agent_pb2_grpc
@@ -52,7 +51,7 @@ class Carrier(Protocol):
     @property
     def alive(self) -> bool: ...
     def send(self, request_id: int, deployment: str, stage: int,
-             arrays: Mapping[str, np.ndarray], timeout_s: float) -> None: ...
+             arrays: codecs.Tensors, timeout_s: float) -> None: ...
     def cancel(self, request_id: int) -> None: ...
     def close(self) -> None: ...
 
@@ -192,7 +191,7 @@ class DataPortCarrier:
                               struct.pack("ll", int(seconds), int(seconds % 1 * 1e6)))
 
     def send(self, request_id: int, deployment: str, stage: int,
-             arrays: Mapping[str, np.ndarray], timeout_s: float) -> None:
+             arrays: codecs.Tensors, timeout_s: float) -> None:
         try:
             with self._send_lock:
                 dataport.send_frame(self._sock, request(request_id, deployment, stage,
@@ -276,7 +275,7 @@ class AsyncDataPortCarrier:
         return not self._conn.closed
 
     def send(self, request_id: int, deployment: str, stage: int,
-             arrays: Mapping[str, np.ndarray], timeout_s: float) -> None:
+             arrays: codecs.Tensors, timeout_s: float) -> None:
         self._conn.send(request(request_id, deployment, stage, timeout_s), arrays)
 
     def cancel(self, request_id: int) -> None:
@@ -319,7 +318,7 @@ class GrpcCarrier:
         return not self._reader.done()
 
     def send(self, request_id: int, deployment: str, stage: int,
-             arrays: Mapping[str, np.ndarray], timeout_s: float) -> None:
+             arrays: codecs.Tensors, timeout_s: float) -> None:
         for message in wire.requests(request_id, deployment, stage, arrays, self._chunk_bytes,
                                      timeout_s):
             self._outbox.put_nowait(message)

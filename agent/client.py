@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from layerfleet.agent import failover, transport
+from layerfleet.agent import codecs, failover, transport
 from layerfleet.agent.answers import Outputs
 from layerfleet.agent.errors import DeadlineExceeded, StatusError
 from layerfleet.agent.stream import DEFAULT_TIMEOUT_S, InferStream
@@ -81,13 +81,18 @@ class AgentClient:
     async def set_route(self, *, deployment: str, stage: int, shard_sha256: str,
                         next_hops: list[str] = (), replica_mode: str = "balanced",
                         hedge_k: int = 2, exit_output: str = "",
-                        exit_threshold: float = 0.0) -> None:
+                        exit_threshold: float = 0.0, activations: str = "",
+                        precision: str = "") -> None:
+        """`activations`: how this stage's outputs travel on ("int8", "fp16+lz4"; empty:
+        float32 as computed, codecs.py); `precision`: the shard's, for status."""
         route = agent_pb2.Route(
             deployment=deployment, stage=stage, shard_sha256=shard_sha256,
             next_hops=list(next_hops), hedge_k=hedge_k,
             replica_mode=agent_pb2.HEDGED if replica_mode == "hedged" else agent_pb2.BALANCED,
             exit=agent_pb2.ExitConfig(enabled=bool(exit_output), output_name=exit_output,
-                                      threshold=exit_threshold))
+                                      threshold=exit_threshold), precision=precision)
+        if activations:
+            route.activations.CopyFrom(codecs.WireFormat.parse(activations).to_pb())
         await self._unary(self._stub.SetRoute, route)
 
     async def remove_route(self, deployment: str, stage: int) -> None:
@@ -113,8 +118,10 @@ class AgentClient:
         return failover.Replica(self.address, self._stream.outstanding, self.failed_at,
                                 self.stalled_at, self.round_trip_s)
 
-    async def benchmark(self, runs: int = 5) -> agent_pb2.BenchmarkReply:
-        return await self._unary(self._stub.Benchmark, agent_pb2.BenchmarkRequest(runs=runs),
+    async def benchmark(self, runs: int = 5, precision: str = "fp32"
+                        ) -> agent_pb2.BenchmarkReply:
+        return await self._unary(self._stub.Benchmark,
+                                 agent_pb2.BenchmarkRequest(runs=runs, precision=precision),
                                  timeout=120)
 
     async def echo(self, nbytes: int) -> float:

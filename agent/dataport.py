@@ -33,14 +33,14 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
-from layerfleet.agent import tensors
+from layerfleet.agent import codecs, tensors
 from layerfleet.agent.budget import Budget
 from layerfleet.agent.errors import StatusError
 from layerfleet.v1 import agent_pb2
@@ -118,19 +118,25 @@ class Frame(Generic[Message]):
 # -- sending ---------------------------------------------------------------------------
 
 
-def encode_frame(message: Message, arrays: Mapping[str, np.ndarray] | None = None
+def encode_frame(message: Message, arrays: codecs.Tensors | None = None
                  ) -> list[bytes | memoryview]:
     """The pieces to write for one frame: fixed header + header, then each tensor's bytes.
 
-    `message.tensors` must be empty; it is filled with the arrays' names, dtypes, shapes.
+    `message.tensors` must be empty; it is filled with the arrays' names, dtypes, shapes
+    (and an Encoded activation's Encoding: codecs.py).
     The header and the first COALESCE_BYTES of payload go out as one piece: a frame split
     into a tiny segment and the rest would wake the receiver twice (with TCP_NODELAY each
     write is its own segment). The rest of a big tensor is handed over without a copy.
     """
     views: list[memoryview] = []
     for name, array in (arrays or {}).items():
-        code, arr = tensors.wire_order(array)
-        message.tensors.add(name=name, dtype=code, shape=arr.shape)
+        if isinstance(array, codecs.Encoded):
+            message.tensors.add(name=name, dtype=tensors.dtype_code(array.dtype),
+                                shape=array.shape, encoding=array.encoding)
+            arr = np.ascontiguousarray(array.payload)
+        else:
+            code, arr = tensors.wire_order(array)
+            message.tensors.add(name=name, dtype=code, shape=arr.shape)
         views.append(memoryview(arr.reshape(-1).view(np.uint8)))
     return _pieces(message.SerializeToString(), views)
 
@@ -149,7 +155,7 @@ def _pieces(header: bytes, views: list[memoryview]) -> list[bytes | memoryview]:
 
 
 def send_frame(sock: socket.socket, message: Message,
-               arrays: Mapping[str, np.ndarray] | None = None) -> None:
+               arrays: codecs.Tensors | None = None) -> None:
     """Write one frame on a blocking socket (callers serialize writers with a lock)."""
     for piece in encode_frame(message, arrays):
         sock.sendall(piece)
@@ -216,9 +222,8 @@ def _plan(message: agent_pb2.InferRequest | agent_pb2.InferResponse, payload_len
                           f"{max_payload} bytes per request (--max-request-bytes)")
     plan: list[_Tensor] = []
     for t in message.tensors:
-        shape = tuple(t.shape)
-        try:
-            dt, nbytes = tensors.layout(t.dtype, shape, t.name, max_payload)
+        try:   # an encoded tensor's payload may be its values compressed (codecs.py)
+            dt, shape, nbytes = tensors.payload_layout(t, max_payload)
         except tensors.TensorError as exc:
             raise _Unreadable(invalid, str(exc)) from None
         if t.data or any(p.name == t.name for p in plan):
@@ -474,7 +479,7 @@ class DataConnection(asyncio.BufferedProtocol, Generic[Message]):
         return self.transport is None or self.transport.is_closing()
 
     def send(self, message: agent_pb2.InferRequest | agent_pb2.InferResponse,
-             arrays: Mapping[str, np.ndarray] | None = None) -> None:
+             arrays: codecs.Tensors | None = None) -> None:
         """Write one frame (synchronously: frames never interleave)."""
         assert self.transport is not None
         for piece in encode_frame(message, arrays):

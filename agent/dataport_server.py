@@ -36,7 +36,7 @@ import termios
 import threading
 import time
 
-from layerfleet.agent import dataport, transport
+from layerfleet.agent import codecs, dataport, transport
 from layerfleet.agent.answers import Answer, Failure, Raw, header
 from layerfleet.agent.budget import Budget
 from layerfleet.agent.errors import StatusError, Unavailable
@@ -199,7 +199,8 @@ class Upstream:
             self.session.refuse(m.request_id, Unavailable("agent is shutting down"))
         else:
             self.session.submit(m.request_id, m.deployment, m.stage, frame.arrays,
-                                timeout_s=m.timeout_s, held_bytes=frame.held_bytes)
+                                timeout_s=m.timeout_s, held_bytes=frame.held_bytes,
+                                encoded=codecs.encoded_headers(m.tensors))
 
     def _give_back(self, frame: dataport.Frame[agent_pb2.InferRequest]) -> None:
         if frame.held_bytes:

@@ -22,13 +22,12 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
-from layerfleet.agent import answers, carriers, failover, transport, wire
+from layerfleet.agent import answers, carriers, codecs, failover, transport, wire
 from layerfleet.agent.answers import Answer, Failure, Outputs, Raw
 from layerfleet.agent.carriers import Carrier, Outstanding
 from layerfleet.agent.errors import DeadlineExceeded, StatusError, Unavailable
@@ -209,7 +208,7 @@ class _OnLoop:
         return self._carrier.alive
 
     def send(self, request_id: int, deployment: str, stage: int,
-             arrays: Mapping[str, np.ndarray], timeout_s: float) -> None:
+             arrays: codecs.Tensors, timeout_s: float) -> None:
         self._loop.call_soon_threadsafe(self._carrier.send, request_id, deployment, stage,
                                         arrays, timeout_s)
 
@@ -229,7 +228,7 @@ class Ticket:
     """
 
     def __init__(self, hops: NextHops, request_id: int, mine: agent_pb2.HopTiming, *,
-                 deployment: str, stage: int, outputs: Mapping[str, np.ndarray],
+                 deployment: str, stage: int, outputs: codecs.Tensors,
                  replicas: Sequence[str], hedge_k: int, deadline: float,
                  reply: Callable[[Answer], None]) -> None:
         self.hops = hops

@@ -15,6 +15,11 @@ more per hop here (docs/agent.md, "Measured"). The event loop keeps the control 
 
 Exits: a route may carry an exit test (max of an output >= threshold); a sample that
 passes returns from here and the rest of the chain never sees it.
+
+Precision: inputs that arrived encoded (codecs.py) are decoded to what this shard takes
+before it runs; its outputs are encoded as the route's `activations` say before they go on
+(an int8 shard's int8 outputs go as they are when the hop is int8). What returns to the
+client is never encoded: the last stage of any model gives floats.
 """
 
 from __future__ import annotations
@@ -31,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import json_format
-from layerfleet.agent import answers, files, names, transport
+from layerfleet.agent import answers, codecs, files, names, transport
 from layerfleet.agent.answers import Answer, Outputs
 from layerfleet.agent.errors import DeadlineExceeded, InvalidArgument, NotFound
 from layerfleet.agent.nexthops import NextHops, Ticket
 from layerfleet.agent.runtime import ShardRunner
 from layerfleet.agent.store import ShardStore
 from layerfleet.agent.timers import Timers
-from layerfleet.v1 import agent_pb2
+from layerfleet.v1 import agent_pb2, tensor_pb2
 
 log = logging.getLogger(__name__)
 ROUTES_FILE = "routes.json"
@@ -66,6 +71,7 @@ def check_route(route: agent_pb2.Route) -> None:
         raise InvalidArgument(f"hedge_k {route.hedge_k} is out of range 0..{MAX_NEXT_HOPS}")
     if route.exit.enabled and not math.isfinite(route.exit.threshold):
         raise InvalidArgument(f"exit threshold {route.exit.threshold} is not a number")
+    codecs.WireFormat.from_pb(route.activations)   # CodecError (INVALID_ARGUMENT) if unknown
 
 
 class Compute:
@@ -205,19 +211,23 @@ class Pipeline:
 
     def handle(self, request_id: int, deployment: str, stage: int,
                inputs: Mapping[str, np.ndarray], reply: Callable[[Answer], None], *,
-               deadline: float, still_wanted: Callable[[], None] = lambda: None
-               ) -> Ticket | None:
+               deadline: float, still_wanted: Callable[[], None] = lambda: None,
+               encoded: Mapping[str, tensor_pb2.Tensor] | None = None) -> Ticket | None:
         """Run this agent's stage in the calling thread and see the request through.
 
         `reply` gets the answer exactly once: from this thread (last stage, exit, error) or,
         when the request went on to a next hop, from that hop's answer. Returns the Ticket
         of a forwarded request (to cancel it), else None. `deadline` is monotonic time;
-        `still_wanted` raises when the request was cancelled (see Compute.run).
+        `still_wanted` raises when the request was cancelled (see Compute.run). `encoded`:
+        headers of the inputs that came with an Encoding (decoded here, before the shard).
         """
         try:
             route = self.route(deployment, stage)
+            contract = self.contracts[route.shard_sha256]
             try:
-                self.contracts[route.shard_sha256].check(inputs)
+                if encoded:
+                    inputs = codecs.to_contract(inputs, encoded, contract.wants)
+                contract.check(inputs)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"{deployment} stage {stage} on {self.device_id}: "
                                       f"{exc}") from None
@@ -236,13 +246,21 @@ class Pipeline:
             self.on_inference(route.shard_sha256, compute_s)
         mine = agent_pb2.HopTiming(device_id=self.device_id, stage=stage, queue_s=queue_s,
                                    compute_s=compute_s)
-        if route.exit.enabled and float(np.max(outputs[route.exit.output_name])) >= \
-                route.exit.threshold:
-            reply(Outputs(request_id, outputs, [mine], exited_at_stage=stage))
-            return None
+        affines = contract.output_affines
+        if route.exit.enabled:
+            exit_output = outputs[route.exit.output_name]
+            if affines.get(route.exit.output_name) is not None:
+                exit_output = affines[route.exit.output_name].dequantise(exit_output)
+            if float(np.max(exit_output)) >= route.exit.threshold:
+                reply(Outputs(request_id, codecs.floats(outputs, affines), [mine],
+                              exited_at_stage=stage))
+                return None
         if not route.next_hops:
-            reply(Outputs(request_id, outputs, [mine]))
+            reply(Outputs(request_id, codecs.floats(outputs, affines), [mine]))
             return None
+        if route.HasField("activations") or any(affines.values()):
+            outputs = codecs.encode_many(outputs, codecs.WireFormat.from_pb(route.activations),
+                                         affines)
         assert self.hops is not None, "Pipeline.start() runs when the agent starts"
         hedged = route.replica_mode == agent_pb2.HEDGED and len(route.next_hops) > 1
         ticket = Ticket(self.hops, request_id, mine, deployment=route.deployment,
@@ -257,3 +275,4 @@ class Pipeline:
             await asyncio.to_thread(self.hops.close)
         self.timers.close()
         self.compute.shutdown()
+

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from layerfleet.agent.codecs import Affine
 from layerfleet.agent.errors import InvalidArgument
 
 # Preference order: the maintained LiteRT wheel, the dead-upstream legacy one, then TF.
@@ -74,11 +75,13 @@ def backend_name() -> str:
 
 @dataclass(frozen=True, slots=True)
 class TensorContract:
-    """A named shard tensor: the name the manifest uses, its dtype and fixed shape."""
+    """A named shard tensor: the name the manifest uses, its dtype and fixed shape, and for
+    an int8 shard's int8 tensor the affine map its values stand on."""
 
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    affine: Affine | None = None
 
     def describe(self) -> str:
         return f"{self.name} {self.dtype.name}{list(self.shape)}"
@@ -119,8 +122,17 @@ class ShardRunner:
 
     def _contracts(self, details: Mapping[str, Any]) -> tuple[TensorContract, ...]:
         return tuple(TensorContract(self._from_sig.get(k, k), np.dtype(d["dtype"]),
-                                    tuple(int(x) for x in d["shape"]))
+                                    tuple(int(x) for x in d["shape"]), _affine(d))
                      for k, d in details.items())
+
+    @property
+    def wants(self) -> dict[str, tuple[np.dtype, Affine | None]]:
+        """Per input, the dtype and affine map it takes (what codecs.to_contract needs)."""
+        return {c.name: (c.dtype, c.affine) for c in self.inputs}
+
+    @property
+    def output_affines(self) -> dict[str, Affine | None]:
+        return {c.name: c.affine for c in self.outputs}
 
     def check(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Raise ShardInputError naming expected and received when inputs break the contract."""
@@ -142,3 +154,11 @@ class ShardRunner:
         self.check(inputs)
         result = self._runner(**{self._to_sig[n]: a for n, a in inputs.items()})
         return {self._from_sig.get(k, k): v for k, v in result.items()}
+
+
+def _affine(detail: Mapping[str, Any]) -> Affine | None:
+    """The affine map of an integer tensor from LiteRT's details (scale 0: none)."""
+    if np.dtype(detail["dtype"]).kind not in "iu":
+        return None
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return Affine(float(scale), int(zero_point)) if scale else None

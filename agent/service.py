@@ -257,7 +257,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             if done is not None:
                 session.submit(message.request_id, done.first.deployment, done.first.stage,
                                done.arrays, timeout_s=done.first.timeout_s,
-                               held_bytes=done.held_bytes)
+                               held_bytes=done.held_bytes, encoded=done.encoded)
 
         async def read() -> None:
             messages = _Inbox(request_iterator)
@@ -320,7 +320,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         from layerfleet.agent import calibration
 
         runs = min(max(request.runs or 5, 1), 100)
-        seconds, flops = await calibration.measure(runs, self.pipeline.compute.threads_per_run)
+        seconds, flops = await calibration.measure(runs, self.pipeline.compute.threads_per_run,
+                                                   request.precision or "fp32")
         return agent_pb2.BenchmarkReply(flops_per_s=flops / seconds, seconds_per_run=seconds,
                                         flops_per_run=flops)
 

@@ -21,6 +21,7 @@ from layerfleet.agent.budget import Budget
 from layerfleet.agent.errors import Cancelled, StatusError
 from layerfleet.agent.nexthops import Ticket
 from layerfleet.agent.pipeline import Pipeline
+from layerfleet.v1 import tensor_pb2
 
 # What a request may take when its sender sets no timeout (InferRequest.timeout_s = 0).
 DEFAULT_TIMEOUT_S = 30.0
@@ -53,9 +54,11 @@ class Session:
 
     def submit(self, request_id: int, deployment: str, stage: int,
                inputs: Mapping[str, np.ndarray], *, timeout_s: float = 0.0,
-               held_bytes: int = 0) -> None:
+               held_bytes: int = 0, encoded: Mapping[str, tensor_pb2.Tensor] | None = None
+               ) -> None:
         """Run a request. `held_bytes` were already reserved in the budget for it (the data
-        port reserves while receiving); otherwise its inputs are reserved here."""
+        port reserves while receiving); otherwise its inputs are reserved here. `encoded`:
+        the headers of inputs that came encoded (Pipeline.handle decodes them)."""
         deadline = time.monotonic() + (timeout_s if timeout_s > 0 else self._default_timeout_s)
         if not held_bytes and self._budget is not None:
             size = sum(a.nbytes for a in inputs.values())
@@ -76,20 +79,21 @@ class Session:
         if self._inline:
             self._forwarded(request_id, self.pipeline.handle(
                 request_id, deployment, stage, inputs, self._answer, deadline=deadline,
-                still_wanted=still_wanted))
+                still_wanted=still_wanted, encoded=encoded))
         else:
             self.pipeline.compute.pool.submit(
                 self._run_pooled, request_id, deployment, stage, inputs, deadline,
-                still_wanted)
+                still_wanted, encoded)
 
     def _run_pooled(self, request_id: int, deployment: str, stage: int,
                     inputs: Mapping[str, np.ndarray], deadline: float,
-                    still_wanted: Callable[[], None]) -> None:
+                    still_wanted: Callable[[], None],
+                    encoded: Mapping[str, tensor_pb2.Tensor] | None) -> None:
         if request_id not in self._requests:
             return   # cancelled while it queued for a worker
         self._forwarded(request_id, self.pipeline.handle(
             request_id, deployment, stage, inputs, self._answer, deadline=deadline,
-            still_wanted=still_wanted))
+            still_wanted=still_wanted, encoded=encoded))
 
     def refuse(self, request_id: int, error: StatusError) -> None:
         """Answer a request that could not even be read."""

@@ -112,15 +112,44 @@ def check_shape(shape: tuple[int, ...] | list[int], itemsize: int = 4,
     return math.prod(shape)
 
 
+def payload_layout(tensor: tensor_pb2.Tensor, max_bytes: int = MAX_TENSOR_BYTES
+                   ) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, byte count) of a wire tensor's payload: its values, or for a tensor
+    whose Encoding says it is compressed, that many bytes (uint8). The values' own layout
+    is checked either way, so a compressed tensor cannot claim a shape beyond the limit."""
+    shape = tuple(tensor.shape)
+    dt, nbytes = layout(tensor.dtype, shape, tensor.name, max_bytes)
+    if tensor.HasField("encoding") and tensor.encoding.compression:
+        packed = tensor.encoding.compressed_bytes
+        if not 0 < packed <= max_bytes:
+            raise TensorError(f"tensor {tensor.name!r}: compressed size {packed} is out of "
+                              f"range 1..{max_bytes}")
+        return np.dtype(np.uint8), (packed,), packed
+    return dt, shape, nbytes
+
+
 def encode(name: str, array: np.ndarray) -> tensor_pb2.Tensor:
     """One array as a wire tensor (one copy into the message: protobuf owns its bytes)."""
     code, arr = wire_order(array)
     return tensor_pb2.Tensor(name=name, dtype=code, shape=arr.shape, data=arr.tobytes())
 
 
+def encode_payload(name: str, payload: np.ndarray, dtype: np.dtype, shape: tuple[int, ...],
+                   encoding: tensor_pb2.Encoding) -> tensor_pb2.Tensor:
+    """An encoded activation (codecs.Encoded) as a wire tensor: the values' dtype and shape,
+    the payload's bytes (the values, or their compressed form)."""
+    return tensor_pb2.Tensor(name=name, dtype=dtype_code(dtype), shape=shape,
+                             data=np.ascontiguousarray(payload).tobytes(), encoding=encoding)
+
+
 def decode(tensor: tensor_pb2.Tensor) -> np.ndarray:
-    """The array a wire tensor holds, as a read-only view over its bytes."""
-    return from_bytes(tensor.data, tensor.dtype, tuple(tensor.shape), tensor.name)
+    """The array a wire tensor holds (for an encoded one: its payload), as a read-only view
+    over its bytes."""
+    dt, shape, nbytes = payload_layout(tensor)
+    if len(tensor.data) != nbytes:
+        raise TensorError(f"tensor {tensor.name!r}: {len(tensor.data)} bytes for shape "
+                          f"{list(shape)} {dt.name}, expected {nbytes}")
+    return np.frombuffer(tensor.data, dtype=dt).reshape(shape)
 
 
 def from_bytes(data: bytes | bytearray | memoryview, dtype: int, shape: tuple[int, ...],

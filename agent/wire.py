@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from layerfleet.agent import tensors
+from layerfleet.agent import codecs, tensors
 from layerfleet.agent.budget import Budget
 from layerfleet.agent.errors import ResourceExhausted, StatusError
 from layerfleet.v1 import agent_pb2, tensor_pb2
@@ -43,6 +43,8 @@ def split_tensors(encoded: list[tensor_pb2.Tensor], chunk_bytes: int
             if offset == 0:
                 part.dtype = t.dtype
                 part.shape.extend(t.shape)
+                if t.HasField("encoding"):
+                    part.encoding.CopyFrom(t.encoding)
             pieces.append(part)
     batch: list[tensor_pb2.Tensor] = []
     size = 0
@@ -55,11 +57,15 @@ def split_tensors(encoded: list[tensor_pb2.Tensor], chunk_bytes: int
     yield batch, False
 
 
-def requests(request_id: int, deployment: str, stage: int, arrays: Mapping[str, np.ndarray],
+def requests(request_id: int, deployment: str, stage: int, arrays: codecs.Tensors,
              chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float = 0.0
              ) -> Iterator[agent_pb2.InferRequest]:
-    encoded = tensors.encode_many(arrays)
-    for group, more in split_tensors(encoded, chunk_bytes):
+    """The messages of one request (an Encoded activation goes with its Encoding)."""
+    wire_tensors = [
+        tensors.encode_payload(name, a.payload, a.dtype, a.shape, a.encoding)
+        if isinstance(a, codecs.Encoded) else tensors.encode(name, a)
+        for name, a in arrays.items()]
+    for group, more in split_tensors(wire_tensors, chunk_bytes):
         yield agent_pb2.InferRequest(request_id=request_id, deployment=deployment, stage=stage,
                                      tensors=group, more=more, timeout_s=timeout_s)
 
@@ -89,7 +95,8 @@ class RequestTooLarge(ResourceExhausted):
 class _Partial:
     first: object
     parts: dict[str, list[bytes]] = field(default_factory=dict)
-    meta: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    meta: dict[str, tuple[np.dtype, tuple[int, ...], int]] = field(default_factory=dict)
+    headers: dict[str, tensor_pb2.Tensor] = field(default_factory=dict)   # encoded ones
     size: int = 0        # bytes received so far
     declared: int = 0    # bytes its tensors' shapes need
     held: int = 0        # of those, reserved in the budget
@@ -99,11 +106,23 @@ class _Partial:
 @dataclass(frozen=True, slots=True)
 class Whole:
     """A request (or response) with all its chunks: its first message, its arrays, and the
-    bytes reserved for it in the budget, now its receiver's to give back."""
+    bytes reserved for it in the budget, now its receiver's to give back. `encoded`: the
+    headers of tensors that came with an Encoding (their arrays are payloads for
+    codecs.to_contract)."""
 
     first: Any
     arrays: dict[str, np.ndarray]
     held_bytes: int = 0
+    encoded: dict[str, tensor_pb2.Tensor] = field(default_factory=dict)
+
+
+def _joined(name: str, chunks: list[bytes], dtype: np.dtype, shape: tuple[int, ...],
+            nbytes: int) -> np.ndarray:
+    data = b"".join(chunks)
+    if len(data) != nbytes:
+        raise tensors.TensorError(f"tensor {name!r}: {len(data)} bytes for shape "
+                                  f"{list(shape)} {dtype.name}, expected {nbytes}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 class Assembler:
@@ -146,7 +165,8 @@ class Assembler:
                                   f"bytes of tensors, this agent's limit per request "
                                   f"(--max-request-bytes)")
         if partial is None and not message.more:
-            return Whole(message, tensors.decode_many(message.tensors))  # zero-copy path
+            return Whole(message, tensors.decode_many(message.tensors),  # zero-copy path
+                         encoded=codecs.encoded_headers(message.tensors))
         if partial is None:
             partial = self._partial[request_id] = _Partial(first=message)
         partial.size = size
@@ -155,7 +175,7 @@ class Assembler:
             if t.name not in partial.meta:
                 # Checked on its first chunk: a shape that cannot be, or that needs more
                 # than the limit, is refused before anything more of it is buffered.
-                _, nbytes = tensors.layout(t.dtype, tuple(t.shape), t.name)
+                dt, shape, nbytes = tensors.payload_layout(t)
                 partial.declared += nbytes
                 if partial.declared > limit:
                     raise RequestTooLarge(f"request {request_id} declares {partial.declared} "
@@ -164,15 +184,18 @@ class Assembler:
                 if self._budget is not None:
                     self._budget.take(nbytes)
                     partial.held += nbytes
-                partial.meta[t.name] = (t.dtype, tuple(t.shape))
+                partial.meta[t.name] = (dt, shape, nbytes)
+                if t.HasField("encoding"):
+                    partial.headers[t.name] = tensor_pb2.Tensor(
+                        name=t.name, dtype=t.dtype, shape=t.shape, encoding=t.encoding)
             partial.parts.setdefault(t.name, []).append(t.data)
         if message.more:
             return None
-        arrays = {name: tensors.from_bytes(b"".join(chunks), *partial.meta[name], name)
+        arrays = {name: _joined(name, chunks, *partial.meta[name])
                   for name, chunks in partial.parts.items()}
         del self._partial[request_id]
         first = message if isinstance(message, agent_pb2.InferResponse) else partial.first
-        return Whole(first, arrays, partial.held)
+        return Whole(first, arrays, partial.held, partial.headers)
 
     @property
     def pending(self) -> bool:

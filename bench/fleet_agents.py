@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import statistics
 import tempfile
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 P99_GOAL_S = 0.050
+# Joins spread over this long (each one writes its row and an event, synchronously): a
+# fleet powering up together, not 10,000 agents in the same second.
+JOIN_SPREAD_S = 60.0
 LIST_GOAL_S = 1.0
 
 
@@ -40,7 +44,7 @@ def _simulated(index: int, count: int, first: int, controller: str, token: str,
                                     version="bench", board="simulated Raspberry Pi 4")
         address = f"127.77.{i // 250}.{i % 250 + 1}:9"
         try:
-            await asyncio.sleep(random.uniform(0, 20))   # joins spread over 20 s
+            await asyncio.sleep(random.uniform(0, JOIN_SPREAD_S))
             reply = await stub.Join(fleet_pb2.JoinRequest(token=token, device=info,
                                                           address=address), timeout=60)
             stats["joined"] += 1
@@ -68,7 +72,7 @@ def _simulated(index: int, count: int, first: int, controller: str, token: str,
 
     async def run() -> dict[str, int]:
         stats = {"joined": 0, "beats": 0, "unknown": 0, "failed": 0, "join_failed": 0}
-        stop_at = [time.monotonic() + 25 + seconds]
+        stop_at = [time.monotonic() + JOIN_SPREAD_S + 5 + seconds]
         await asyncio.gather(*(agent(i, stats, stop_at) for i in range(first, first + count)))
         return stats
 
@@ -135,7 +139,7 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
                  for i in range(processes)]
         for p in procs:
             p.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + JOIN_SPREAD_S + 120
         up = 0
         while time.monotonic() < deadline:
             up = sum(d.state == controller_pb2.DEVICE_STATE_UP for d in client.devices())
@@ -146,7 +150,16 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
         time.sleep(10)
         cpu0, _ = _controller_usage(controller.process.pid)
         wall0 = time.monotonic()
-        lat: dict[str, list[float]] = {"Plan": [], "GetDeployment": [], "Infer": []}
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        # The floor: a health check does no work in the controller, so its latency is
+        # what the loop (busy with heartbeats) and this machine allow any call.
+        health_channel = grpc.insecure_channel(controller.address)
+        health = health_pb2_grpc.HealthStub(health_channel)
+        load0 = os.getloadavg()[0]
+        lat: dict[str, list[float]] = {"Plan": [], "GetDeployment": [], "Infer": [],
+                                       "Health (floor)": []}
         listing: list[float] = []
         rss: list[int] = []
         end = time.monotonic() + seconds
@@ -154,11 +167,15 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
             lat["Plan"].append(_timed(lambda: client.plan("digits")))
             lat["GetDeployment"].append(_timed(lambda: client.deployment("digits")))
             lat["Infer"].append(_timed(lambda: client.infer("digits", sample)))
+            lat["Health (floor)"].append(_timed(lambda: health.Check(
+                health_pb2.HealthCheckRequest(), timeout=10)))
             if len(lat["Infer"]) % 20 == 1:
                 listing.append(_timed(client.devices))
                 rss.append(_controller_usage(controller.process.pid)[1])
             time.sleep(0.05)
         cpu1, _ = _controller_usage(controller.process.pid)
+        load1 = os.getloadavg()[0]
+        health_channel.close()
         cpu_share = (cpu1 - cpu0) / (time.monotonic() - wall0)
         devices = client.devices()
         down = [d.id for d in devices if d.state != "up"]
@@ -171,7 +188,7 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
         client.close()
     finally:
         _stop(daemons)
-    beats_per_s = totals["beats"] / (seconds + 10 + 25 - 10)   # roughly the beating window
+    beats_per_s = totals["beats"] / (seconds + 10 + JOIN_SPREAD_S + 5 - 10)   # roughly
     result = {
         "agents": n_agents, "processes": processes, "seconds": seconds, "simulated": totals,
         "heartbeats_per_s_offered": n_agents / 2.0, "heartbeats_per_s_approx": beats_per_s,
@@ -183,6 +200,7 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
         "controller_rss_bytes_max": max(rss),
         "sqlite_bytes": db.stat().st_size if db.exists() else 0,
         "sqlite_wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        "load_average_1min": [load0, load1], "cores": os.cpu_count(),
     }
     print(f"\n{n_agents} simulated agents, {processes} processes, {seconds:.0f} s measured")
     print(f"  joined {totals['joined']}, heartbeats {totals['beats']} (~{beats_per_s:.0f}/s, "
@@ -196,4 +214,6 @@ def bench_agents(n_agents: int, processes: int, seconds: float) -> dict:
     print(f"  devices not up at the end: {len(down)} (goal 0)")
     print(f"  controller: {cpu_share:.2f} cores, RSS max {max(rss) / 1e6:.0f} MB; SQLite "
           f"{result['sqlite_bytes'] / 1e6:.1f} MB + WAL {result['sqlite_wal_bytes'] / 1e6:.1f} MB")
+    print(f"  machine: {os.cpu_count()} cores, load average {load0:.1f} -> {load1:.1f} "
+          f"(the simulated agents, the controller and whatever else runs here)")
     return result

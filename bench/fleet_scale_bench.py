@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--out", default="", help="results file name (default by what ran)")
     args = parser.parse_args()
     if args.what == "plan-one":
         model, size, objective = args.rest
@@ -144,8 +145,8 @@ def main() -> None:
         from fleet_agents import bench_agents
 
         data["agents"] = bench_agents(args.agents, args.processes, args.seconds)
-    write("fleet_scale_bench" if args.what == "all" else f"fleet_scale_bench_{args.what}",
-          data)
+    write(args.out or ("fleet_scale_bench" if args.what == "all"
+                       else f"fleet_scale_bench_{args.what}"), data)
 
 
 if __name__ == "__main__":

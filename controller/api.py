@@ -84,6 +84,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         self.deployer = deployer
         self.router = router
         self.events = events
+        self.fleet = planner.FleetCache(registry)
 
     # -- models -------------------------------------------------------------------------
 
@@ -147,8 +148,8 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
         _refuse_old_fields(request)
         check_plan_request(request.sla_ms, request.top_k)
         record = self._model(request.model)
-        found, baselines, costs = planner.candidates(
-            record, self.registry.devices(), self.registry.links(),
+        found, baselines, costs = planner.candidates_on(
+            record, self.fleet.fleet(),
             objective=wire.OBJECTIVE.word(request.objective, "latency"), sla_ms=request.sla_ms,
             redundancy=wire.REDUNDANCY.word(request.redundancy, "none"),
             top_k=request.top_k or 1)
@@ -275,7 +276,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     # -- lookups --------------------------------------------------------------------------
 
     def _deployment_pb(self, dep: DeploymentRecord) -> controller_pb2.Deployment:
-        return deployment_pb(dep, {d.id: d.state for d in self.registry.devices()})
+        return deployment_pb(dep, self.registry.device_states([s.device for s in dep.stages]))
 
     def _model(self, name: str) -> ModelRecord:
         record = self.registry.model(names.check_name("model", name))

@@ -82,10 +82,12 @@ class Drift:
 
     def __init__(self) -> None:
         self._seen: dict[str, deque[Observation]] = {}
+        self.measured = 0   # measurements recorded so far (the re-planner's change mark)
 
     def record(self, device: str, flops_per_s: float, now: float) -> None:
         self._seen.setdefault(device, deque(maxlen=ESTIMATE_OF)).append(
             Observation(time=now, device=device, flops_per_s=flops_per_s))
+        self.measured += 1
 
     def estimate(self, device: str) -> Observation | None:
         """The device's speed now: the median of its last ESTIMATE_OF measurements, at the

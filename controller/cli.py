@@ -2,7 +2,7 @@
 
 Commands live in modules by topic and are imported only when invoked, so `layerfleet
 devices` never pays for importing TensorFlow:
-  cli_partition  inspect, split, run-local  (local, no controller needed)
+  cli_partition  inspect, split, run-local, accuracy  (local, no controller needed)
   cli_fleet      devices, models, plan, deploy, deployments, infer, undeploy, events, demo
 """
 
@@ -18,6 +18,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "split": ("cli_partition", "split", "Cut a model into LiteRT shards with a manifest."),
     "run-local": ("cli_partition", "run_local",
                   "Run a split model's shards in order in this process."),
+    "accuracy": ("cli_partition", "accuracy",
+                 "Measure a quantised split's agreement with float32 on held-out data."),
     "devices": ("cli_fleet", "devices", "List the fleet's devices with calibration and telemetry."),
     "models": ("cli_fleet", "models", "Register models (add) and list them (list)."),
     "plan": ("cli_fleet", "plan", "Dry run: best placements of a model, with predictions."),

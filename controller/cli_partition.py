@@ -66,11 +66,19 @@ def inspect(model: str, input_shape: str, weights: str | None, as_json: bool) ->
               help="Directory for manifest.json and the .tflite shards.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Conversion cache (default $LAYERFLEET_CACHE or ~/.cache/layerfleet/shards).")
+@click.option("--precision", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "fp16", "dynamic", "int8"]),
+              help="Shard precision: float16 weights, dynamic-range int8 weights, or "
+                   "full-integer int8 (needs --calibration-data).")
+@click.option("--calibration-data", type=click.Path(dir_okay=False), default=None,
+              help="int8: representative inputs, .npy [samples, ...] for one input or .npz "
+                   "keyed by input name; at least 32 samples, a few hundred recommended.")
 @_input_shape
 @_weights
 @fails_cleanly
 def split(model: str, shards: int, cuts: str, out_dir: str, cache_dir: str | None,
-          input_shape: str, weights: str | None) -> None:
+          precision: str, calibration_data: str | None, input_shape: str,
+          weights: str | None) -> None:
     """Cut MODEL into LiteRT shards: --shards N (balanced FLOPs) or --cuts I,J,K."""
     from layerfleet.controller.partition.split import balanced_cuts, split_model, stats
 
@@ -85,10 +93,12 @@ def split(model: str, shards: int, cuts: str, out_dir: str, cache_dir: str | Non
             positions = [int(c) for c in cuts.split(",")]
         except ValueError:
             raise ValueError(f"--cuts {cuts!r}: expected positions like 30,80,120") from None
+    calibration = _load_arrays(Path(calibration_data)) if calibration_data else None
     manifest = split_model(analysis.model, positions, Path(out_dir),
-                           cache_dir=Path(cache_dir) if cache_dir else None, analysis=analysis)
-    click.echo(table(["shard", "layers", "FLOPs", "size", "inputs", "outputs"],
-                     [[s.index, f"{s.start}-{s.stop - 1}", human_flops(s.flops),
+                           cache_dir=Path(cache_dir) if cache_dir else None, analysis=analysis,
+                           precision=precision, calibration=calibration)
+    click.echo(table(["shard", "layers", "precision", "FLOPs", "size", "inputs", "outputs"],
+                     [[s.index, f"{s.start}-{s.stop - 1}", s.precision, human_flops(s.flops),
                        human_bytes(s.size_bytes), ", ".join(t.name for t in s.inputs),
                        ", ".join(t.name for t in s.outputs)] for s in manifest.shards]))
     click.echo(f"wrote {len(manifest.shards)} shards and manifest.json to {out_dir} in "
@@ -103,13 +113,18 @@ def split(model: str, shards: int, cuts: str, out_dir: str, cache_dir: str | Non
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
               help="Write outputs: .npy (single output) or .npz.")
 @click.option("--threads", type=int, default=None, help="LiteRT threads per shard.")
+@click.option("--activations", default="fp32", show_default=True, metavar="ENC",
+              help="Hand over between shards as a deployment's hops would: fp32, fp16, int8, "
+                   "optionally +lz4 or +zstd.")
 @fails_cleanly
 def run_local(directory: str, input_path: str, output_path: str | None,
-              threads: int | None) -> None:
+              threads: int | None, activations: str) -> None:
     """Run the shards written by `layerfleet split` in order, in this process."""
+    from layerfleet.agent.codecs import WireFormat
     from layerfleet.controller.partition.local import LocalPipeline
 
-    pipeline = LocalPipeline(directory, num_threads=threads)
+    pipeline = LocalPipeline(directory, num_threads=threads,
+                             activations=WireFormat.parse(activations))
     inputs = _load_arrays(Path(input_path))
     started = time.perf_counter()
     outputs = pipeline.run(inputs)
@@ -120,6 +135,46 @@ def run_local(directory: str, input_path: str, output_path: str | None,
         click.echo(f"{name}: {value.dtype.name}{list(value.shape)} "
                    f"min {value.min():.6g} max {value.max():.6g}")
     click.echo(f"{len(pipeline.runners)} shards in {elapsed * 1000:.2f} ms")
+
+
+@click.command()
+@click.argument("reference", type=click.Path(file_okay=False))
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--eval-data", required=True, type=click.Path(dir_okay=False),
+              help="Held-out inputs: .npy [samples, ...] or .npz keyed by input name.")
+@click.option("--activations", default="fp32,fp16,int8", show_default=True, metavar="LIST",
+              help="Hop encodings to measure, comma-separated (fp32, fp16, int8, +lz4/+zstd).")
+@click.option("--min-agreement", type=float, default=0.99, show_default=True,
+              help="Top-1 agreement floor: choices below it are marked and never chosen.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fails_cleanly
+def accuracy(reference: str, candidates: tuple[str, ...], eval_data: str,
+             activations: str, min_agreement: float, as_json: bool) -> None:
+    """Agreement of each CANDIDATE split with the float32 REFERENCE split (same cuts)."""
+    import json
+
+    from layerfleet.agent.codecs import WireFormat
+    from layerfleet.controller.partition.accuracy import measure
+
+    if not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(f"--min-agreement {min_agreement}: expected a share in 0..1")
+    formats = [WireFormat.parse(a) for a in activations.split(",") if a.strip()]
+    data = _load_arrays(Path(eval_data))
+    rows = [measure(reference, c, data, f) for c in (reference, *candidates) for f in formats]
+    if as_json:
+        click.echo(json.dumps([{"precision": a.choice.precision,
+                                "activations": a.choice.activations.describe(),
+                                "top1": a.top1, "max_abs_diff": a.max_abs_diff,
+                                "samples": a.samples, "cut_bytes": a.cut_bytes,
+                                "meets_floor": a.meets(min_agreement)} for a in rows]))
+        return
+    click.echo(table(["shards", "hops", "top-1 agreement", "max abs diff", "bytes per hop",
+                      f">= {min_agreement}"],
+                     [[a.choice.precision, a.choice.activations.describe(), f"{a.top1:.4f}",
+                       f"{a.max_abs_diff:.3g}", ", ".join(human_bytes(b) for b in a.cut_bytes),
+                       "yes" if a.meets(min_agreement) else "NO (not chosen by auto)"]
+                      for a in rows]))
+    click.echo(f"{rows[0].samples} held-out samples")
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -179,13 +179,16 @@ class Discovery:
         """One sweep: probe devices that do not heartbeat, mark silent ones down."""
         self.flush_heartbeats()
         now = time.time()
-        for device in self.registry.devices():
+        # Only rows that can need action: 10,000 devices heartbeating are not read here.
+        for device in self.registry.devices_up(silent_since=now - self.down_after_s):
             if device.state != "up":
                 continue
             if device.found_by != "join":
                 if await self._alive(device.address):
-                    device.last_seen = now
-                    self.registry.upsert_device(device)
+                    # (written as a heartbeat: being seen is not a change to plan on)
+                    self.registry.record_heartbeats([Heartbeat(
+                        device.id, now, device.power_w, device.energy_method,
+                        device.cpu_percent, device.memory_available)])
                     continue
             silent, allowed = now - device.last_seen, self.down_after_s
             if device.found_by == "join" and device.last_seen < self.started_at:

@@ -115,6 +115,8 @@ class ControllerServer:
         self._recalibrator: asyncio.Task[None] | None = None
         self._replan_state: dict[str, ReplanState] = {}
         self.drift = calibrate.Drift()
+        # (Registry.changes, Drift.measured) at the last sweep that moved nothing.
+        self._replan_settled: tuple[int, int] = (-1, -1)
 
     async def _device_up(self, device_id: str) -> None:
         await self.deployer.restore_device(device_id)
@@ -124,6 +126,15 @@ class ControllerServer:
 
     async def _replan_once(self) -> None:
         """Ask the placement engine whether each serving deployment should move."""
+        # Only a device or deployment row that changed, a new speed measurement, or a drift
+        # waiting out its sustain time can change the answer: when none did since a sweep
+        # that moved nothing, skip the read of every device row (10,000 rows: ~0.1 s of the
+        # event loop).
+        mark = (self.registry.changes, self.drift.measured)
+        waiting = any(state.drifting_since for state in self._replan_state.values())
+        if mark == self._replan_settled and not waiting:
+            return
+        settled = True
         # A device counts once calibrated: re-planning onto a guessed speed helps nobody.
         devices = [d for d in self.registry.devices() if d.flops_per_s > 0]
         fleet_now = planner.fleet_from(devices, self.registry.links())
@@ -150,6 +161,7 @@ class ControllerServer:
             if decision.drifted:
                 # Plan with what was measured from now on (this deployment and the rest).
                 drifted += self._adopt_speeds(decision.drifted)
+            settled = False
             moved.add(dep.name)
             await self._move(dep.name, decision.reason)
         if drifted:   # the other deployments were planned with the old speeds too
@@ -157,6 +169,8 @@ class ControllerServer:
                 if dep.name not in moved and dep.state in ("active", "degraded") \
                         and dep.plan.placement is not None:
                     await self._move(dep.name, f"speed of {', '.join(drifted)} changed")
+        if settled:
+            self._replan_settled = mark
 
     def _adopt_speeds(self, device_ids: tuple[str, ...]) -> list[str]:
         """Make the speeds the re-benchmarks measured the ones the planner uses."""

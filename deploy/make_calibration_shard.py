@@ -1,4 +1,5 @@
-"""Build agent/data/calibration.tflite: the fixed workload an agent times to report FLOP/s.
+"""Build agent/data/calibration.tflite (and calibration-int8.tflite, the same convolutions
+quantised to int8): the fixed workload an agent times to report FLOP/s per precision.
 
     python deploy/make_calibration_shard.py
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 OUT = Path(__file__).resolve().parent.parent / "agent" / "data"
 
@@ -31,8 +34,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = split_model(model, [], tmp, cache_dir=Path(tmp) / "cache", analysis=analysis)
         data = (Path(tmp) / manifest.shards[0].file).read_bytes()
+        rng = np.random.default_rng(0)
+        int8 = split_model(model, [], Path(tmp) / "int8", cache_dir=Path(tmp) / "cache",
+                           analysis=analysis, precision="int8",
+                           calibration={"x": rng.random((32, 56, 56, 32), dtype=np.float32)})
+        data8 = (Path(tmp) / "int8" / int8.shards[0].file).read_bytes()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "calibration.tflite").write_bytes(data)
+    (OUT / "calibration-int8.tflite").write_bytes(data8)
     (OUT / "calibration.json").write_text(json.dumps({
         "flops": manifest.shards[0].flops, "input": manifest.inputs[0].name,
         "shape": manifest.inputs[0].shape}, indent=1) + "\n")

@@ -1,6 +1,9 @@
 """`layerfleet run-local`: run a split model's shards in order, in this process. TF-free.
 
-Shards are chained (manifest.py), so each shard's outputs are the next one's inputs.
+Shards are chained (manifest.py), so each shard's outputs are the next one's inputs. Between
+two shards the outputs go through the same encode and decode as on a hop between agents
+(agent/codecs.py: `activations`, float32 by default; an int8 shard's int8 output crosses as
+it is), so a run here computes what a deployment of the same shards computes.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from layerfleet.agent import codecs
 from layerfleet.agent.runtime import ShardInputError, ShardRunner
 from layerfleet.controller.partition.manifest import Manifest, TensorInfo
 
@@ -29,8 +33,10 @@ def bind_model_inputs(inputs: Mapping[str, np.ndarray],
 class LocalPipeline:
     """All shards of a split, loaded once, run back to back."""
 
-    def __init__(self, directory: Path | str, *, num_threads: int | None = None) -> None:
+    def __init__(self, directory: Path | str, *, num_threads: int | None = None,
+                 activations: codecs.WireFormat = codecs.FP32) -> None:
         self.directory = Path(directory)
+        self.activations = activations
         self.manifest = Manifest.load(self.directory)
         self.runners = [ShardRunner(self.manifest.shard_path(self.directory, s.index),
                                     num_threads=num_threads)
@@ -38,11 +44,15 @@ class LocalPipeline:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = bind_model_inputs(inputs, self.manifest.inputs)
-        for runner in self.runners:
+        for before, runner in zip([None, *self.runners], self.runners):
+            if before is not None:
+                tensors = codecs.hand_over(tensors, before.output_affines, self.activations,
+                                           runner.wants)
             tensors = runner.run(tensors)
-        return tensors
+        return codecs.floats(tensors, self.runners[-1].output_affines)
 
 
 def run_local(directory: Path | str, inputs: Mapping[str, np.ndarray], *,
-              num_threads: int | None = None) -> dict[str, np.ndarray]:
-    return LocalPipeline(directory, num_threads=num_threads).run(inputs)
+              num_threads: int | None = None,
+              activations: codecs.WireFormat = codecs.FP32) -> dict[str, np.ndarray]:
+    return LocalPipeline(directory, num_threads=num_threads, activations=activations).run(inputs)

@@ -44,6 +44,7 @@ class ShardInfo:
     outputs: list[TensorInfo]
     flops: int
     param_bytes: int
+    precision: str = "fp32"   # fp32 | fp16 | dynamic | int8 (partition/quantise.py)
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class Manifest:
     profile: ModelProfile
     conversion: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +98,8 @@ class Manifest:
                                      "outputs": [TensorInfo(**t) for t in s["outputs"]]})
                         for s in data["shards"]],
                 cuts=list(data["cuts"]), profile=ModelProfile.from_dict(data["profile"]),
-                conversion=data.get("conversion", {}))
+                conversion=data.get("conversion", {}),
+                precision=data.get("precision", "fp32"))
         except (KeyError, TypeError) as exc:
             raise PartitionError(f"{path}: manifest is missing or has a malformed field "
                                  f"({exc})") from None

@@ -7,8 +7,10 @@ input and output names are the graph's tensor names, so a ShardRunner needs noth
 The whole model is the segment [0, n): converted the same way, it is the reference that
 splits are compared with.
 
-Cache key: sha256 of (model digest, start, stop, conversion options, TensorFlow version).
-A repeated split converts nothing.
+Cache key: sha256 of (model digest, start, stop, conversion options, TensorFlow version),
+plus the precision and, for int8, the representative data set's digest (quantise.py). A
+repeated split converts nothing. A split converts every shard before it writes any, so a
+precision that fails (an op with no int8 kernel, say) leaves the directory as it was.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from layerfleet.controller.partition.errors import PartitionError
 from layerfleet.controller.partition.graph import Edge, LayerGraph, build_graph
@@ -27,6 +32,15 @@ from layerfleet.controller.partition.load import model_digest
 from layerfleet.controller.partition.manifest import Manifest, ShardInfo, TensorInfo
 from layerfleet.controller.partition.profile import ModelProfile
 from layerfleet.controller.partition.profiler import profile_graph
+from layerfleet.controller.partition.quantise import (
+    CalibrationSet,
+    ShardPrecision,
+    cache_options,
+    calibration_set,
+    check_precision,
+    configure,
+    float_ops,
+)
 
 CONVERSION = {"dtype": "float32", "optimizations": [], "batch": 1}
 
@@ -114,7 +128,26 @@ def _segment_function(graph: LayerGraph, start: int, stop: int) -> Any:
     return segment
 
 
-def _convert(graph: LayerGraph, start: int, stop: int) -> bytes:
+class _FloatActivations:
+    """The float activations at each cut for a representative data set, computed on demand
+    by running the float segments in TensorFlow (what int8 calibration of a later segment
+    needs as its inputs)."""
+
+    def __init__(self, graph: LayerGraph, calibration: CalibrationSet) -> None:
+        self.graph = graph
+        self.at: dict[int, list[dict[str, np.ndarray]]] = {0: list(calibration.samples())}
+
+    def inputs_at(self, bounds: list[int], index: int) -> list[dict[str, np.ndarray]]:
+        known = max(i for i, b in enumerate(bounds[:index + 1]) if b in self.at)
+        for i in range(known, index):
+            fn = _segment_function(self.graph, bounds[i], bounds[i + 1])
+            self.at[bounds[i + 1]] = [{k: v.numpy() for k, v in fn(sample).items()}
+                                      for sample in self.at[bounds[i]]]
+        return self.at[bounds[index]]
+
+
+def _convert(graph: LayerGraph, start: int, stop: int, precision: ShardPrecision = "fp32",
+             representative: list[dict[str, np.ndarray]] | None = None) -> bytes:
     import tensorflow as tf
 
     concrete = _segment_function(graph, start, stop).get_concrete_function()
@@ -125,21 +158,32 @@ def _convert(graph: LayerGraph, start: int, stop: int) -> bytes:
     holder.variables_ = [w.value for w in graph.model.weights]
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], holder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    configure(converter, precision, first=start == 0, last=stop == graph.n,
+              representative=lambda: iter(representative or []))
+    layer = graph.layer(start).name if stop - start == 1 else \
+        f"{graph.layer(start).name}..{graph.layer(stop - 1).name}"
     try:
-        return converter.convert()
+        data = converter.convert()
     except Exception as exc:  # the converter raises ConverterError and friends
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        layer = graph.layer(start).name if stop - start == 1 else \
-            f"{graph.layer(start).name}..{graph.layer(stop - 1).name}"
         raise PartitionError(f"LiteRT conversion of layers {start}-{stop - 1} ({layer}) "
-                             f"failed: {first}") from None
+                             f"at {precision} failed: {first}") from None
+    if precision == "int8":
+        left = float_ops(data)
+        if left:
+            raise PartitionError(
+                f"layers {start}-{stop - 1} ({layer}) do not quantise to int8: op "
+                f"{', '.join(sorted(set(left)))} has no int8 kernel in LiteRT and would run "
+                f"in float32; use --precision dynamic or fp16, or replace the op")
+    return data
 
 
-def _cache_key(digest: str, start: int, stop: int) -> str:
+def _cache_key(digest: str, start: int, stop: int, extra: dict[str, Any] | None = None) -> str:
     import tensorflow as tf
 
-    text = json.dumps({"model": digest, "start": start, "stop": stop, "options": CONVERSION,
-                       "tf": tf.__version__}, sort_keys=True)
+    text = json.dumps({"model": digest, "start": start, "stop": stop,
+                       "options": {**CONVERSION, **(extra or {})}, "tf": tf.__version__},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -153,17 +197,35 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def segment_flatbuffer(analysis: Analysis, start: int, stop: int,
-                       cache_dir: Path | None) -> bytes:
+                       cache_dir: Path | None, precision: ShardPrecision = "fp32",
+                       calibration: CalibrationSet | None = None,
+                       representative: Any = None) -> bytes:
+    """One segment's flatbuffer, from the cache or converted. For int8, `representative`
+    is called (only on a cache miss) for the segment's float inputs per sample."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{_cache_key(analysis.digest, start, stop)}.tflite"
+    key = _cache_key(analysis.digest, start, stop, cache_options(precision, calibration))
+    path = cache / f"{key}.tflite"
     if path.exists():
         stats.cache_hits += 1
         return path.read_bytes()
-    data = _convert(analysis.graph, start, stop)
+    data = _convert(analysis.graph, start, stop, precision,
+                    representative() if precision == "int8" else None)
     stats.conversions += 1
     _atomic_write(path, data)
     return data
+
+
+def _prepare(analysis: Analysis, precision: str,
+             calibration: Mapping[str, np.ndarray] | None
+             ) -> tuple[ShardPrecision, CalibrationSet | None]:
+    checked = check_precision(precision)
+    if checked != "int8":
+        return checked, None
+    if calibration is None:
+        raise PartitionError("precision int8 needs a representative data set "
+                             "(--calibration-data x.npz: a few hundred real inputs)")
+    return checked, calibration_set(calibration, _info(analysis.graph.inputs))
 
 
 def _info(edges: list[Edge]) -> list[TensorInfo]:
@@ -171,17 +233,27 @@ def _info(edges: list[Edge]) -> list[TensorInfo]:
 
 
 def split_model(model: Any, cuts: list[int], out_dir: Path | str, *,
-                cache_dir: Path | None = None, analysis: Analysis | None = None) -> Manifest:
-    """Write one .tflite per shard and manifest.json into out_dir."""
+                cache_dir: Path | None = None, analysis: Analysis | None = None,
+                precision: str = "fp32",
+                calibration: Mapping[str, np.ndarray] | None = None) -> Manifest:
+    """Write one .tflite per shard and manifest.json into out_dir, at `precision`
+    (quantise.py; int8 needs `calibration`, arrays of [samples, *input shape] per input).
+    Every shard is converted before any file is written."""
     analysis = analysis or Analysis(model)
     graph = analysis.graph
     cuts = check_cuts(list(cuts), graph.n)
+    checked, calib = _prepare(analysis, precision, calibration)
+    activations = _FloatActivations(graph, calib) if calib is not None else None
+    bounds = [0, *cuts, graph.n]
+    converted = []
+    for index, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        converted.append(segment_flatbuffer(
+            analysis, start, stop, cache_dir, checked, calib,
+            (lambda i=index: activations.inputs_at(bounds, i)) if activations else None))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bounds = [0, *cuts, graph.n]
     shards = []
-    for index, (start, stop) in enumerate(zip(bounds, bounds[1:])):
-        data = segment_flatbuffer(analysis, start, stop, cache_dir)
+    for index, ((start, stop), data) in enumerate(zip(zip(bounds, bounds[1:]), converted)):
         name = f"shard-{index:02d}.tflite"
         _atomic_write(out / name, data)
         layers = analysis.profile.layers[start:stop]
@@ -189,20 +261,25 @@ def split_model(model: Any, cuts: list[int], out_dir: Path | str, *,
             index=index, file=name, sha256=hashlib.sha256(data).hexdigest(),
             size_bytes=len(data), start=start, stop=stop,
             inputs=_info(graph.crossing(start)), outputs=_info(graph.crossing(stop)),
-            flops=sum(l.flops for l in layers), param_bytes=sum(l.param_bytes for l in layers)))
+            flops=sum(l.flops for l in layers), param_bytes=sum(l.param_bytes for l in layers),
+            precision=checked))
     manifest = Manifest(model_name=model.name, model_digest=analysis.digest,
                         inputs=_info(graph.inputs), outputs=_info(graph.outputs),
                         shards=shards, cuts=cuts, profile=analysis.profile,
-                        conversion=dict(CONVERSION))
+                        conversion={**CONVERSION, **cache_options(checked, calib)},
+                        precision=checked)
     manifest.save(out)
     return manifest
 
 
 def convert_whole(model: Any, out_path: Path | str, *, cache_dir: Path | None = None,
-                  analysis: Analysis | None = None) -> Path:
+                  analysis: Analysis | None = None, precision: str = "fp32",
+                  calibration: Mapping[str, np.ndarray] | None = None) -> Path:
     """The unsplit model, converted exactly like a segment: the reference for equality."""
     analysis = analysis or Analysis(model)
-    data = segment_flatbuffer(analysis, 0, analysis.graph.n, cache_dir)
+    checked, calib = _prepare(analysis, precision, calibration)
+    data = segment_flatbuffer(analysis, 0, analysis.graph.n, cache_dir, checked, calib,
+                              (lambda: list(calib.samples())) if calib else None)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, data)

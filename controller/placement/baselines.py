@@ -23,7 +23,7 @@ from layerfleet.controller.placement.cost import (
     serialisation_s,
     transfer_s,
 )
-from layerfleet.controller.placement.model import Fleet, ModelCosts, Placement, Stage
+from layerfleet.controller.placement.model import Device, Fleet, ModelCosts, Placement, Stage
 
 SPLIT_PAIRS_FROM = 48
 SPLIT_HEADS = 16
@@ -42,16 +42,53 @@ def _best(costs: ModelCosts, fleet: Fleet, candidates: list[list[Stage]], strate
     return best
 
 
+def _whole(costs: ModelCosts, fleet: Fleet, devices: list[Device], strategy: str,
+           objective: str, sla_s: float | None) -> Placement | None:
+    """The best of the whole model on one of `devices`: every device scored at once with
+    numpy (same formulas as cost.predict; 10,000 devices in milliseconds), then the winner
+    re-predicted by predict() itself."""
+    if not devices:
+        return None
+    n = costs.n
+    links = [fleet.link(fleet.source, d.id) for d in devices]
+    bw = np.array([link.bandwidth_Bps for link in links])
+    rtt = np.array([link.rtt_s for link in links])
+    jpb = np.array([link.joules_per_byte for link in links])
+    c = compute_s(costs.range_flops(0, n), np.array([d.flops_per_s for d in devices]),
+                  np.array([d.overhead_s for d in devices]))
+    cut_in, cut_out = float(costs.cut_bytes[0]), float(costs.cut_bytes[n])
+    latency = transfer_s(cut_in, bw, rtt) + c + transfer_s(cut_out, bw, rtt)
+    energy = (compute_energy_j(np.array([d.busy_w for d in devices]), c)
+              + link_energy_j(cut_in, jpb) + link_energy_j(cut_out, jpb))
+    if objective == "latency":
+        score = latency
+    elif objective == "throughput":
+        score = np.maximum.reduce([serialisation_s(cut_in, bw), c,
+                                   serialisation_s(cut_out, bw)])
+    elif objective == "energy":
+        score = np.where(latency <= (sla_s if sla_s is not None else np.inf) + 1e-12,
+                         energy, np.inf)
+    else:
+        score = latency + energy
+    need = costs.range_memory(0, n)
+    score = np.where(np.array([d.memory_bytes for d in devices]) >= need, score, np.inf)
+    i = int(np.argmin(score))
+    if not np.isfinite(score[i]):
+        return None
+    stages = [Stage(0, n, devices[i].id)]
+    return Placement(stages, predict(costs, fleet, stages), strategy, objective)
+
+
 def whole_on_device(costs: ModelCosts, fleet: Fleet, objective: str,
                     sla_s: float | None = None) -> Placement | None:
-    return _best(costs, fleet, [[Stage(0, costs.n, d.id)] for d in fleet.devices
-                                if d.up and not d.is_cloud], "whole-on-device", objective, sla_s)
+    return _whole(costs, fleet, [d for d in fleet.devices if d.up and not d.is_cloud],
+                  "whole-on-device", objective, sla_s)
 
 
 def whole_in_cloud(costs: ModelCosts, fleet: Fleet, objective: str,
                    sla_s: float | None = None) -> Placement | None:
-    return _best(costs, fleet, [[Stage(0, costs.n, d.id)] for d in fleet.devices
-                                if d.up and d.is_cloud], "whole-in-cloud", objective, sla_s)
+    return _whole(costs, fleet, [d for d in fleet.devices if d.up and d.is_cloud],
+                  "whole-in-cloud", objective, sla_s)
 
 
 def best_split(costs: ModelCosts, fleet: Fleet, objective: str,
@@ -117,7 +154,7 @@ def memory_split(costs: ModelCosts, fleet: Fleet, objective: str,
     total = sum(d.memory_bytes for d in up)
     params = np.concatenate([[0.0], np.cumsum(costs.param_bytes, dtype=float)])
     share = np.cumsum([d.memory_bytes / total for d in up])[:-1] * params[-1]
-    cuts = sorted({int(np.clip(np.searchsorted(params, s), 1, costs.n - 1)) for s in share})
+    cuts = sorted({int(c) for c in np.clip(np.searchsorted(params, share), 1, costs.n - 1)})
     bounds = [0, *cuts, costs.n]
     stages = [Stage(a, b, d.id) for a, b, d in zip(bounds, bounds[1:], up) if a < b]
     if stages[-1].stop != costs.n:

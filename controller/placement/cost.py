@@ -10,6 +10,14 @@ arrays, which is how the solvers evaluate every cut at once):
   link_energy_j      nbytes * joules_per_byte
   memory_bytes       weights + bytes in + bytes out + 2 * largest layer output inside
 
+Precision (placement/precision.py), applied to the inputs before any solver runs:
+  precision_flops_per_s   flops_per_s * speedup        (measured per device and precision:
+                                                         the Benchmark call, fp32 and int8)
+  encoded_bytes           nbytes * wire_ratio          (encoded bytes per float32 byte on a
+                                                         hop: measured on the user's data, or
+                                                         the encoding's nominal 1, 1/2, 1/4)
+  The model's input (cut 0) and output (cut n) stay float32: clients send and get floats.
+
 For stage i on device d covering layers [a, b):
   transfer_in = transfer_s(cut_bytes[a]) on link(previous, d)    previous = source for stage 0
   compute     = compute_s(flops[a:b], d)
@@ -73,6 +81,14 @@ def compute_energy_j(busy_w: Number, seconds: Number) -> Number:
 
 def link_energy_j(nbytes: Number, joules_per_byte: Number) -> Number:
     return nbytes * joules_per_byte
+
+
+def precision_flops_per_s(flops_per_s: Number, speedup: Number) -> Number:
+    return flops_per_s * speedup
+
+
+def encoded_bytes(nbytes: Number, wire_ratio: Number) -> Number:
+    return nbytes * wire_ratio
 
 
 def memory_bytes(weights: Number, bytes_in: Number, bytes_out: Number,

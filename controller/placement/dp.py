@@ -173,6 +173,8 @@ def _trace(states: dict[tuple, _State], keys: list[tuple], key: tuple, q: int) -
 
 
 def _up(fleet: Fleet) -> Fleet:
+    if all(d.up for d in fleet.devices) and fleet.devices:
+        return fleet   # (the same object keeps what solvers derived from it)
     up = Fleet([d for d in fleet.devices if d.up], fleet.links, fleet.source,
                fleet.default_link)
     if not up.devices:
@@ -182,7 +184,7 @@ def _up(fleet: Fleet) -> Fleet:
 
 def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
           w_time: float = 1.0, w_energy: float = 0.0,
-          positions: list[int] | None = None, max_nodes: int = search.DEFAULT_NODES) -> Solved:
+          positions: list[int] | None = None, max_nodes: int | None = None) -> Solved:
     up = _up(fleet)
     positions = positions or candidate_positions(costs)
     if len(up.devices) > FLEET_DEVICES:
@@ -200,8 +202,8 @@ def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
                        for i, (_, plan) in enumerate(ranked)], True)
     seeds = sorted(_run(obj, _orders(up)).values()) \
         if len(up.devices) <= FIXED_ORDER_DEVICES else []
-    found = search.branch_and_bound(t, obj, search.relax(obj),
-                                    incumbent=seeds[0] if seeds else None, max_nodes=max_nodes)
+    found = search.optimise(t, obj, incumbent=seeds[0] if seeds else None,
+                            max_nodes=max_nodes)
     if found.value == INF:
         if found.complete:
             raise PlacementError(_why_nothing_fits(costs, up))

@@ -41,20 +41,36 @@ CLASS_STEP = 1.10      # numbers within 10 % of each other share a class
 INF = math.inf
 
 
-def _bucket(x: float) -> int:
-    return round(math.log(max(x, 1e-9)) / math.log(CLASS_STEP))
+def _buckets(x: np.ndarray) -> np.ndarray:
+    """Numbers rounded on a log scale: within CLASS_STEP of each other, mostly one bucket."""
+    return np.round(np.log(np.maximum(x, 1e-9)) / math.log(CLASS_STEP))
 
 
 def device_classes(fleet: Fleet) -> list[list[int]]:
-    """Indices of fleet.devices grouped by rounded numbers, fastest class first."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for k, d in enumerate(fleet.devices):
-        link = fleet.link(fleet.source, d.id)
-        key = (_bucket(d.flops_per_s), _bucket(d.memory_bytes), _bucket(d.overhead_s + 1e-5),
-               _bucket(d.busy_w), _bucket(link.bandwidth_Bps), _bucket(link.rtt_s + 1e-5),
-               _bucket(link.joules_per_byte + 1e-12))
-        groups[key].append(k)
-    return sorted(groups.values(), key=lambda g: -fleet.devices[g[0]].flops_per_s)
+    """Indices of fleet.devices grouped by rounded numbers, fastest class first (classes
+    of equal speed in the order of their first member). Kept with the fleet: the
+    controller plans many times over one fleet of thousands."""
+    key = ("device_classes", CLASS_STEP)
+    if key not in fleet.derived:
+        fleet.derived[key] = _classes(fleet)
+    return [list(members) for members in fleet.derived[key]]
+
+
+def _classes(fleet: Fleet) -> list[list[int]]:
+    devices = fleet.devices
+    if not devices:
+        return []
+    links = [fleet.link(fleet.source, d.id) for d in devices]
+    numbers = np.array([[d.flops_per_s, d.memory_bytes, d.overhead_s + 1e-5, d.busy_w,
+                         link.bandwidth_Bps, link.rtt_s + 1e-5, link.joules_per_byte + 1e-12]
+                        for d, link in zip(devices, links)], dtype=float)
+    _, first, label = np.unique(_buckets(numbers), axis=0, return_index=True,
+                                return_inverse=True)
+    order = np.argsort(label.ravel(), kind="stable")     # members in index order per class
+    groups = np.split(order, np.cumsum(np.bincount(label.ravel()))[:-1])
+    groups = [groups[c] for c in np.argsort(first, kind="stable")]   # by first appearance
+    return sorted(([int(k) for k in g] for g in groups),
+                  key=lambda g: -devices[g[0]].flops_per_s)
 
 
 def envelope_tables(costs: ModelCosts, fleet: Fleet, classes: list[list[int]],
@@ -154,11 +170,11 @@ def _plan_shortlist(costs: ModelCosts, fleet: Fleet, kind: search.Combine, w_tim
 
 def solve(costs: ModelCosts, fleet: Fleet, kind: search.Combine, objective: str,
           w_time: float, w_energy: float, positions: list[int], *,
-          max_nodes: int = search.DEFAULT_NODES) -> search.Solved:
+          max_nodes: int | None = None) -> search.Solved:
     sub, bound = _plan_shortlist(costs, fleet, kind, w_time, w_energy, positions)
     t = search.tables(costs, sub, positions)
     obj = search.objective(t, kind, w_time, w_energy)
-    found = search.branch_and_bound(t, obj, search.relax(obj), max_nodes=max_nodes)
+    found = search.optimise(t, obj, max_nodes=max_nodes)
     if found.value == INF:
         raise PlacementError(
             f"no placement found on the {len(sub.devices)} devices shortlisted from "

@@ -100,6 +100,9 @@ class Fleet:
     default_link: Link | None = None
 
     def __post_init__(self) -> None:
+        # What solvers derive from the fleet (device classes), kept while this object
+        # lives: a Fleet is not changed once built (make a new one instead).
+        self.derived: dict[Any, Any] = {}
         self._links = {}
         for link in self.links:
             self._links[(link.a, link.b)] = link

@@ -25,17 +25,19 @@ def _solver(objective: str, sla_s: float | None):
 
 
 def plan(costs: ModelCosts, fleet: Fleet, *, objective: str = "latency",
-         sla_s: float | None = None, redundancy: str = "none", top_k: int = 1
-         ) -> list[Placement]:
+         sla_s: float | None = None, redundancy: str = "none", top_k: int = 1,
+         baselines: dict[str, Placement | None] | None = None) -> list[Placement]:
     """The top_k distinct placements, best first (PlacementError when none fits).
 
     Candidates: the dynamic program's best placement for each number of stages, plus the
-    baselines (so a heuristic instance is never worse than a baseline); with
-    redundancy='gnh', each candidate also gets the Greedy Nominator's replicas.
+    baselines (so a heuristic instance is never worse than a baseline; pass them in when
+    already computed with compare_baselines); with redundancy='gnh', each candidate also
+    gets the Greedy Nominator's replicas.
     """
     found = list(_solver(objective, sla_s)(costs, fleet))
-    for baseline in BASELINES.values():
-        p = baseline(costs, fleet, objective, sla_s)
+    if baselines is None:
+        baselines = compare_baselines(costs, fleet, objective, sla_s)
+    for p in baselines.values():
         if p is not None and p.prediction.objective(objective, sla_s) < float("inf"):
             found.append(p)
     if redundancy == "gnh":

@@ -166,12 +166,18 @@ class _Capacity:
         if not len(f):
             out[self.rest > 0] = INF
             return out
-        knots = np.unique(np.concatenate([o, o + most / f]))
-        cap = np.minimum(f * np.maximum(knots[:, None] - o, 0.0), most).sum(axis=1)
+        full = o + most / f                   # where each device's stage is as big as it fits
+        knots = np.unique(np.concatenate([o, full]))
+        # From its own knot on a device gives exactly `most`: f * (knot - o) rounds, and a
+        # level reached a hair late would make the bound jump to a later knot.
+        cap = np.where(knots[:, None] >= full, most,
+                       np.minimum(f * np.maximum(knots[:, None] - o, 0.0), most)).sum(axis=1)
         rising = np.concatenate([[True], np.diff(cap) > 0])   # the first knot of each level
         knots, cap = knots[rising], cap[rising]
-        out = np.interp(self.rest, cap, knots)
-        out[self.rest > cap[-1] * (1 + 1e-12)] = INF
+        # Between knots the interpolation rounds too: a relative slack of 1e-9 keeps the
+        # bound below the optimum it must not pass.
+        out = np.interp(self.rest, cap, knots) * (1 - 1e-9)
+        out[self.rest > cap[-1] * (1 + 1e-9)] = INF
         out[self.rest <= 0] = 0.0
         return out
 
@@ -222,6 +228,19 @@ def branch_and_bound(t: Tables, obj: Objective, relaxed: Relaxed, *,
             memo[key] = gv
             stack.append((float(fs[i]), gv, r, k2, key[2], (*path, (k2, q, r))))
     return _found(best, best_path, [entry[0] for entry in stack], nodes)
+
+
+def optimise(t: Tables, obj: Objective, *, incumbent: tuple[float, Path] | None = None,
+             max_nodes: int | None = None) -> Found:
+    """The solver for one objective: the threshold search (bottleneck.py) for the
+    bottleneck, the branch and bound above for sums. max_nodes None: the solver's default."""
+    if obj.combine == "max":
+        from layerfleet.controller.placement import bottleneck  # (it builds on this module)
+
+        return bottleneck.least_bottleneck(t, obj, relax(obj), incumbent=incumbent,
+                                           max_nodes=max_nodes or bottleneck.DEFAULT_NODES)
+    return branch_and_bound(t, obj, relax(obj), incumbent=incumbent,
+                            max_nodes=max_nodes or DEFAULT_NODES)
 
 
 def _found(best: float, path: Path, open_bounds: list[float], nodes: int) -> Found:

@@ -61,3 +61,28 @@ def sequential_model():
 def random_inputs(specs, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in specs}
+
+
+def digits_cnn():
+    """The demo's digits CNN shape (8x8x1 -> 10), random weights: conversion takes seconds."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((8, 8, 1), name="digit"),
+        layers.Conv2D(16, 3, padding="same", activation="relu"),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(),
+        layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(10, activation="softmax"),
+    ], name="digits_rand")
+
+
+def digits(count: int | None = None, offset: int = 0) -> np.ndarray:
+    """sklearn's digits as the CNN takes them: [N, 8, 8, 1] float32 in 0..1."""
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images / 16.0).astype(np.float32)[..., None]
+    return images[offset:offset + count if count else None]

@@ -1,4 +1,5 @@
-"""The branch and bound past 6 devices, the fleet-scale bound, and SLA messages that are true.
+"""The branch and bound and the bottleneck's threshold search past 6 devices, the
+fleet-scale bound, and SLA messages that are true.
 
 References: brute force over every placement on small instances; the subset DP over every
 subset and order (exact, and independent of the search's code) on 7 and 8 devices.
@@ -10,9 +11,9 @@ import math
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from layerfleet.controller.placement import dp, fleet_scale, search
+from layerfleet.controller.placement import bottleneck, dp, fleet_scale, search
 from layerfleet.controller.placement.cost import fits, predict
 from layerfleet.controller.placement.model import Device, Fleet, Link, ModelCosts, Stage
 
@@ -223,6 +224,104 @@ def test_throughput_on_eight_devices_is_the_exact_bottleneck(instance):
     assert found.value == pytest.approx(expected, rel=1e-9) or found.value == expected
 
 
+def _least_bottleneck(costs, fleet, max_nodes=bottleneck.DEFAULT_NODES):
+    t = search.tables(costs, fleet, list(range(costs.n + 1)))
+    obj = search.objective(t, "max")
+    return t, bottleneck.least_bottleneck(t, obj, search.relax(obj), max_nodes=max_nodes)
+
+
+def _seconds_per_request(p):
+    return 1 / p.throughput_rps
+
+
+@SMALL
+@given(instances())
+def test_the_threshold_search_finds_the_brute_force_least_bottleneck(instance):
+    costs, fleet = instance
+    expected = brute_force(costs, fleet, _seconds_per_request)
+    t, found = _least_bottleneck(costs, fleet)
+    assert found.complete
+    if expected == math.inf:
+        assert found.value == math.inf
+        return
+    placement = search.to_placement(costs, fleet, t, found.path, "search", "throughput")
+    _valid(costs, fleet, placement)
+    assert math.isclose(_seconds_per_request(placement.prediction), expected, rel_tol=1e-9)
+    assert math.isclose(found.value, expected, rel_tol=1e-9)
+    assert found.lower_bound == found.value
+
+
+@SMALL
+@given(instances(devices=st.integers(2, 4)), st.integers(1, 8))
+def test_a_threshold_search_cut_short_still_brackets_the_least_bottleneck(instance, budget):
+    costs, fleet = instance
+    expected = brute_force(costs, fleet, _seconds_per_request)
+    _, found = _least_bottleneck(costs, fleet, max_nodes=budget)
+    assert found.lower_bound <= expected * (1 + 1e-9)
+    assert found.value >= expected * (1 - 1e-9)
+    if found.complete:
+        assert found.value == pytest.approx(expected, rel=1e-9) or found.value == expected
+
+
+def test_a_state_that_failed_fails_with_more_devices_used_not_with_fewer():
+    failed = [0b0011]                                   # failed with devices 0 and 1 used
+    assert bottleneck.known_to_fail(failed, 0b0011)
+    assert bottleneck.known_to_fail(failed, 0b1011)     # 3 used as well: fewer left
+    assert not bottleneck.known_to_fail(failed, 0b0001)  # 1 still free: may finish
+    assert not bottleneck.known_to_fail(failed, 0b1001)
+    assert not bottleneck.known_to_fail([], 0b1111)
+
+
+def heterogeneous(rng, n_devices, layers=(6, 12)):
+    """A fleet as users build them (bench/placement_bench.py's generator): speeds over two
+    orders of magnitude, memory that often forces a split, per-device uplinks, half the
+    device pairs measured and a default link for the rest."""
+    n = rng.randint(*layers)
+    costs = ModelCosts("random", [f"l{i}" for i in range(n)],
+                       [rng.randint(10**6, 10**9) for _ in range(n)],
+                       [rng.randint(0, 4 * 10**6) for _ in range(n)],
+                       [rng.randint(10**3, 10**6) for _ in range(n + 1)],
+                       [rng.randint(10**3, 10**6) for _ in range(n)])
+    total = costs.range_memory(0, n)
+    devices = [Device(f"d{i}", rng.uniform(1e9, 1e11), rng.randint(total // 3, total * 2),
+                      rng.uniform(0.0002, 0.002), 2.0, rng.uniform(3, 60))
+               for i in range(n_devices)]
+    links = [Link("client", d.id, rng.uniform(1e6, 1e8), rng.uniform(0.001, 0.04),
+                  rng.uniform(0, 1e-7)) for d in devices]
+    links += [Link(a.id, b.id, rng.uniform(1e6, 1.2e8), rng.uniform(0.0005, 0.01),
+                   rng.uniform(0, 1e-7)) for i, a in enumerate(devices)
+              for b in devices[i + 1:] if rng.random() < 0.5]
+    return costs, Fleet(devices, links, default_link=Link("*", "*", 5e7, 0.002, 1e-8))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False), st.integers(7, 8))
+def test_the_threshold_search_on_heterogeneous_fleets_is_the_exact_least_bottleneck(
+        rng, devices):
+    """Searches deep enough that states fail and are remembered across thresholds."""
+    costs, fleet = heterogeneous(rng, devices)
+    expected = _exact(costs, fleet, "throughput")
+    _, found = _least_bottleneck(costs, fleet, max_nodes=10**6)
+    assert found.complete
+    assert found.value == pytest.approx(expected, rel=1e-9) or found.value == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(devices=st.integers(7, 8), layers=st.integers(4, 9)))
+def test_the_threshold_search_on_eight_devices_is_the_exact_least_bottleneck(instance):
+    costs, fleet = instance
+    expected = _exact(costs, fleet, "throughput")
+    _, found = _least_bottleneck(costs, fleet, max_nodes=10**6)
+    assert found.complete
+    assert found.value == pytest.approx(expected, rel=1e-9) or found.value == expected
+    # The plan the controller makes (default budget): optimal when it says so, and
+    # bracketed by its bound otherwise.
+    best = dp.max_throughput(costs, fleet)[0] if expected < math.inf else None
+    if best is not None:
+        assert best.lower_bound <= expected * (1 + 1e-9)
+        assert _seconds_per_request(best.prediction) >= expected * (1 - 1e-9)
+
+
 def test_the_sla_message_claims_only_what_was_proven():
     quick = dp.min_latency(*_tiny())[0]
     proven = dp._sla_message(0.001, quick, proven=True, all_positions=True)
@@ -250,6 +349,39 @@ def test_the_fleet_scale_bound_never_exceeds_the_optimum(monkeypatch):
            st.sampled_from(sorted(KINDS)))
     def check(instance, name):
         costs, fleet = instance
+        kind, w_time, w_energy, score = KINDS[name]
+        expected = brute_force(costs, fleet, score)
+        bound = fleet_scale.lower_bound(costs, fleet, kind, w_time, w_energy)
+        assert bound <= expected * (1 + 1e-9) + 1e-15
+
+    check()
+
+
+@st.composite
+def mixed_classes(draw):
+    """Fleets for coarse classes: devices (and their uplinks, and the links measured
+    between some pairs) unlike each other, so one envelope stands for unlike members."""
+    costs, fleet = draw(instances(devices=st.integers(2, 4), layers=st.integers(1, 5)))
+    ids = [d.id for d in fleet.devices]
+    links = [l for l in fleet.links if l.a == "client" or l.b == "client"]
+    links += [l for l in fleet.links if l.a in ids and l.b in ids and draw(st.booleans())]
+    lan = Link("*", "*", draw(st.floats(1e5, 1e9)), draw(st.floats(0, 0.05)),
+               draw(st.floats(0, 1e-7)))
+    return costs, Fleet(fleet.devices, links, default_link=lan)
+
+
+def test_class_envelopes_take_the_best_member_in_every_number(monkeypatch):
+    """The envelope of a class must be as fast, as roomy, as quick to start and as frugal
+    as its best member (and its links as good as the best pair's): built from any worse
+    member, the bound passes the optimum of fleets whose classes mix unlike devices."""
+    monkeypatch.setattr(fleet_scale, "CLASS_STEP", 1e12)   # (nearly) one class
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(mixed_classes(), st.sampled_from(sorted(KINDS)))
+    def check(instance, name):
+        costs, fleet = instance
+        classes = fleet_scale.device_classes(fleet)
+        assume(any(len(members) > 1 for members in classes))
         kind, w_time, w_energy, score = KINDS[name]
         expected = brute_force(costs, fleet, score)
         bound = fleet_scale.lower_bound(costs, fleet, kind, w_time, w_energy)

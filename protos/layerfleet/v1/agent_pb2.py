@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from layerfleet.v1 import tensor_pb2 as layerfleet_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19layerfleet/v1/agent.proto\x12\rlayerfleet.v1\x1a\x1alayerfleet/v1/tensor.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xef\x01\n\nDeviceInfo\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\r\n\x05\x63ores\x18\x04 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06shards\x18\x08 \x03(\t\x12$\n\x06routes\x18\t \x03(\x0b\x32\x14.layerfleet.v1.Route\x12\x0f\n\x07\x61\x64\x64ress\x18\n \x01(\t\x12\r\n\x05\x62oard\x18\x0b \x01(\t\x12\x11\n\tdata_port\x18\x0c \x01(\x05\">\n\nShardChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x86\x01\n\tShardInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x04 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\"\x13\n\x11ListShardsRequest\"d\n\x0fListShardsReply\x12(\n\x06shards\x18\x01 \x03(\x0b\x32\x18.layerfleet.v1.ShardInfo\x12\x13\n\x0bquota_bytes\x18\x02 \x01(\x03\x12\x12\n\nused_bytes\x18\x03 \x01(\x03\"$\n\x12RemoveShardRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x12\n\x10RemoveShardReply\"E\n\nExitConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x13\n\x0boutput_name\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x02\"\xbf\x01\n\x05Route\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12\x14\n\x0cshard_sha256\x18\x03 \x01(\t\x12\x11\n\tnext_hops\x18\x04 \x03(\t\x12\x30\n\x0creplica_mode\x18\x05 \x01(\x0e\x32\x1a.layerfleet.v1.ReplicaMode\x12\x0f\n\x07hedge_k\x18\x06 \x01(\x05\x12\'\n\x04\x65xit\x18\x07 \x01(\x0b\x32\x19.layerfleet.v1.ExitConfig\"\n\n\x08RouteAck\"7\n\x12RemoveRouteRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\"\x13\n\x11ListRoutesRequest\"7\n\x0fListRoutesReply\x12$\n\x06routes\x18\x01 \x03(\x0b\x32\x14.layerfleet.v1.Route\"\x9e\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\x05\x12&\n\x07tensors\x18\x04 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\x12\x0c\n\x04more\x18\x05 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x06 \x01(\x08\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\"d\n\tHopTiming\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tcompute_s\x18\x04 \x01(\x01\x12\x11\n\tforward_s\x18\x05 \x01(\x01\"\xc7\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12&\n\x04hops\x18\x04 \x03(\x0b\x32\x18.layerfleet.v1.HopTiming\x12\x17\n\x0f\x65xited_at_stage\x18\x05 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x06 \x01(\x05\x12\x16\n\x0estatus_message\x18\x07 \x01(\t\"&\n\x10TelemetryRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"v\n\nShardStats\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x1c\n\x14joules_per_inference\x18\x03 \x01(\x01\x12\r\n\x05p50_s\x18\x04 \x01(\x01\x12\r\n\x05p90_s\x18\x05 \x01(\x01\x12\r\n\x05p99_s\x18\x06 \x01(\x01\"\xae\x02\n\x0fTelemetrySample\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x1c\n\x14\x63pu_percent_per_core\x18\x02 \x03(\x02\x12\r\n\x05load1\x18\x03 \x01(\x01\x12\r\n\x05load5\x18\x04 \x01(\x01\x12\x0e\n\x06load15\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_total\x18\x06 \x01(\x03\x12\x18\n\x10memory_available\x18\x07 \x01(\x03\x12\x11\n\tagent_rss\x18\x08 \x01(\x03\x12\x15\n\rtemperature_c\x18\t \x01(\x01\x12\x0f\n\x07power_w\x18\n \x01(\x01\x12\x15\n\renergy_method\x18\x0b \x01(\t\x12\x14\n\x0cjoules_total\x18\x0c \x01(\x01\x12)\n\x06shards\x18\r \x03(\x0b\x32\x19.layerfleet.v1.ShardStats\" \n\x10\x42\x65nchmarkRequest\x12\x0c\n\x04runs\x18\x01 \x01(\x05\"U\n\x0e\x42\x65nchmarkReply\x12\x13\n\x0b\x66lops_per_s\x18\x01 \x01(\x01\x12\x17\n\x0fseconds_per_run\x18\x02 \x01(\x01\x12\x15\n\rflops_per_run\x18\x03 \x01(\x03\"\x14\n\x04\x42lob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"4\n\x12MeasureLinkRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"9\n\tLinkReply\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x01 \x01(\x01\x12\r\n\x05rtt_s\x18\x02 \x01(\x01\"\x1a\n\x06\x46\x61ults\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\x01*\'\n\x0bReplicaMode\x12\x0c\n\x08\x42\x41LANCED\x10\x00\x12\n\n\x06HEDGED\x10\x01\x32\xaf\x07\n\x05\x41gent\x12\x45\n\x08\x44\x65scribe\x12\x1e.layerfleet.v1.DescribeRequest\x1a\x19.layerfleet.v1.DeviceInfo\x12\x44\n\x0bUploadShard\x12\x19.layerfleet.v1.ShardChunk\x1a\x18.layerfleet.v1.ShardInfo(\x01\x12N\n\nListShards\x12 .layerfleet.v1.ListShardsRequest\x1a\x1e.layerfleet.v1.ListShardsReply\x12Q\n\x0bRemoveShard\x12!.layerfleet.v1.RemoveShardRequest\x1a\x1f.layerfleet.v1.RemoveShardReply\x12\x39\n\x08SetRoute\x12\x14.layerfleet.v1.Route\x1a\x17.layerfleet.v1.RouteAck\x12I\n\x0bRemoveRoute\x12!.layerfleet.v1.RemoveRouteRequest\x1a\x17.layerfleet.v1.RouteAck\x12N\n\nListRoutes\x12 .layerfleet.v1.ListRoutesRequest\x1a\x1e.layerfleet.v1.ListRoutesReply\x12\x46\n\x05Infer\x12\x1b.layerfleet.v1.InferRequest\x1a\x1c.layerfleet.v1.InferResponse(\x01\x30\x01\x12N\n\tTelemetry\x12\x1f.layerfleet.v1.TelemetryRequest\x1a\x1e.layerfleet.v1.TelemetrySample0\x01\x12K\n\tBenchmark\x12\x1f.layerfleet.v1.BenchmarkRequest\x1a\x1d.layerfleet.v1.BenchmarkReply\x12\x34\n\x04\x45\x63ho\x12\x13.layerfleet.v1.Blob\x1a\x13.layerfleet.v1.Blob(\x01\x30\x01\x12J\n\x0bMeasureLink\x12!.layerfleet.v1.MeasureLinkRequest\x1a\x18.layerfleet.v1.LinkReply\x12\x39\n\tSetFaults\x12\x15.layerfleet.v1.Faults\x1a\x15.layerfleet.v1.Faultsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19layerfleet/v1/agent.proto\x12\rlayerfleet.v1\x1a\x1alayerfleet/v1/tensor.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xef\x01\n\nDeviceInfo\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\r\n\x05\x63ores\x18\x04 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06shards\x18\x08 \x03(\t\x12$\n\x06routes\x18\t \x03(\x0b\x32\x14.layerfleet.v1.Route\x12\x0f\n\x07\x61\x64\x64ress\x18\n \x01(\t\x12\r\n\x05\x62oard\x18\x0b \x01(\t\x12\x11\n\tdata_port\x18\x0c \x01(\x05\">\n\nShardChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x86\x01\n\tShardInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12)\n\x06inputs\x18\x03 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x04 \x03(\x0b\x32\x19.layerfleet.v1.TensorSpec\"\x13\n\x11ListShardsRequest\"d\n\x0fListShardsReply\x12(\n\x06shards\x18\x01 \x03(\x0b\x32\x18.layerfleet.v1.ShardInfo\x12\x13\n\x0bquota_bytes\x18\x02 \x01(\x03\x12\x12\n\nused_bytes\x18\x03 \x01(\x03\"$\n\x12RemoveShardRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x12\n\x10RemoveShardReply\"E\n\nExitConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x13\n\x0boutput_name\x18\x02 \x01(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x02\"\x82\x02\n\x05Route\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12\x14\n\x0cshard_sha256\x18\x03 \x01(\t\x12\x11\n\tnext_hops\x18\x04 \x03(\t\x12\x30\n\x0creplica_mode\x18\x05 \x01(\x0e\x32\x1a.layerfleet.v1.ReplicaMode\x12\x0f\n\x07hedge_k\x18\x06 \x01(\x05\x12\'\n\x04\x65xit\x18\x07 \x01(\x0b\x32\x19.layerfleet.v1.ExitConfig\x12.\n\x0b\x61\x63tivations\x18\x08 \x01(\x0b\x32\x19.layerfleet.v1.WireFormat\x12\x11\n\tprecision\x18\t \x01(\t\"\n\n\x08RouteAck\"7\n\x12RemoveRouteRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\"\x13\n\x11ListRoutesRequest\"7\n\x0fListRoutesReply\x12$\n\x06routes\x18\x01 \x03(\x0b\x32\x14.layerfleet.v1.Route\"\x9e\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\r\n\x05stage\x18\x03 \x01(\x05\x12&\n\x07tensors\x18\x04 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\x12\x0c\n\x04more\x18\x05 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x06 \x01(\x08\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\"d\n\tHopTiming\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\x05\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tcompute_s\x18\x04 \x01(\x01\x12\x11\n\tforward_s\x18\x05 \x01(\x01\"\xc7\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x07tensors\x18\x02 \x03(\x0b\x32\x15.layerfleet.v1.Tensor\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12&\n\x04hops\x18\x04 \x03(\x0b\x32\x18.layerfleet.v1.HopTiming\x12\x17\n\x0f\x65xited_at_stage\x18\x05 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x06 \x01(\x05\x12\x16\n\x0estatus_message\x18\x07 \x01(\t\"&\n\x10TelemetryRequest\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"v\n\nShardStats\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x1c\n\x14joules_per_inference\x18\x03 \x01(\x01\x12\r\n\x05p50_s\x18\x04 \x01(\x01\x12\r\n\x05p90_s\x18\x05 \x01(\x01\x12\r\n\x05p99_s\x18\x06 \x01(\x01\"\xae\x02\n\x0fTelemetrySample\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x1c\n\x14\x63pu_percent_per_core\x18\x02 \x03(\x02\x12\r\n\x05load1\x18\x03 \x01(\x01\x12\r\n\x05load5\x18\x04 \x01(\x01\x12\x0e\n\x06load15\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_total\x18\x06 \x01(\x03\x12\x18\n\x10memory_available\x18\x07 \x01(\x03\x12\x11\n\tagent_rss\x18\x08 \x01(\x03\x12\x15\n\rtemperature_c\x18\t \x01(\x01\x12\x0f\n\x07power_w\x18\n \x01(\x01\x12\x15\n\renergy_method\x18\x0b \x01(\t\x12\x14\n\x0cjoules_total\x18\x0c \x01(\x01\x12)\n\x06shards\x18\r \x03(\x0b\x32\x19.layerfleet.v1.ShardStats\"3\n\x10\x42\x65nchmarkRequest\x12\x0c\n\x04runs\x18\x01 \x01(\x05\x12\x11\n\tprecision\x18\x02 \x01(\t\"U\n\x0e\x42\x65nchmarkReply\x12\x13\n\x0b\x66lops_per_s\x18\x01 \x01(\x01\x12\x17\n\x0fseconds_per_run\x18\x02 \x01(\x01\x12\x15\n\rflops_per_run\x18\x03 \x01(\x03\"\x14\n\x04\x42lob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"4\n\x12MeasureLinkRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"9\n\tLinkReply\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x01 \x01(\x01\x12\r\n\x05rtt_s\x18\x02 \x01(\x01\"\x1a\n\x06\x46\x61ults\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\x01*\'\n\x0bReplicaMode\x12\x0c\n\x08\x42\x41LANCED\x10\x00\x12\n\n\x06HEDGED\x10\x01\x32\xaf\x07\n\x05\x41gent\x12\x45\n\x08\x44\x65scribe\x12\x1e.layerfleet.v1.DescribeRequest\x1a\x19.layerfleet.v1.DeviceInfo\x12\x44\n\x0bUploadShard\x12\x19.layerfleet.v1.ShardChunk\x1a\x18.layerfleet.v1.ShardInfo(\x01\x12N\n\nListShards\x12 .layerfleet.v1.ListShardsRequest\x1a\x1e.layerfleet.v1.ListShardsReply\x12Q\n\x0bRemoveShard\x12!.layerfleet.v1.RemoveShardRequest\x1a\x1f.layerfleet.v1.RemoveShardReply\x12\x39\n\x08SetRoute\x12\x14.layerfleet.v1.Route\x1a\x17.layerfleet.v1.RouteAck\x12I\n\x0bRemoveRoute\x12!.layerfleet.v1.RemoveRouteRequest\x1a\x17.layerfleet.v1.RouteAck\x12N\n\nListRoutes\x12 .layerfleet.v1.ListRoutesRequest\x1a\x1e.layerfleet.v1.ListRoutesReply\x12\x46\n\x05Infer\x12\x1b.layerfleet.v1.InferRequest\x1a\x1c.layerfleet.v1.InferResponse(\x01\x30\x01\x12N\n\tTelemetry\x12\x1f.layerfleet.v1.TelemetryRequest\x1a\x1e.layerfleet.v1.TelemetrySample0\x01\x12K\n\tBenchmark\x12\x1f.layerfleet.v1.BenchmarkRequest\x1a\x1d.layerfleet.v1.BenchmarkReply\x12\x34\n\x04\x45\x63ho\x12\x13.layerfleet.v1.Blob\x1a\x13.layerfleet.v1.Blob(\x01\x30\x01\x12J\n\x0bMeasureLink\x12!.layerfleet.v1.MeasureLinkRequest\x1a\x18.layerfleet.v1.LinkReply\x12\x39\n\tSetFaults\x12\x15.layerfleet.v1.Faults\x1a\x15.layerfleet.v1.Faultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'layerfleet.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICAMODE']._serialized_start=2341
-  _globals['_REPLICAMODE']._serialized_end=2380
+  _globals['_REPLICAMODE']._serialized_start=2427
+  _globals['_REPLICAMODE']._serialized_end=2466
   _globals['_DESCRIBEREQUEST']._serialized_start=72
   _globals['_DESCRIBEREQUEST']._serialized_end=89
   _globals['_DEVICEINFO']._serialized_start=92
@@ -53,39 +53,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXITCONFIG']._serialized_start=715
   _globals['_EXITCONFIG']._serialized_end=784
   _globals['_ROUTE']._serialized_start=787
-  _globals['_ROUTE']._serialized_end=978
-  _globals['_ROUTEACK']._serialized_start=980
-  _globals['_ROUTEACK']._serialized_end=990
-  _globals['_REMOVEROUTEREQUEST']._serialized_start=992
-  _globals['_REMOVEROUTEREQUEST']._serialized_end=1047
-  _globals['_LISTROUTESREQUEST']._serialized_start=1049
-  _globals['_LISTROUTESREQUEST']._serialized_end=1068
-  _globals['_LISTROUTESREPLY']._serialized_start=1070
-  _globals['_LISTROUTESREPLY']._serialized_end=1125
-  _globals['_INFERREQUEST']._serialized_start=1128
-  _globals['_INFERREQUEST']._serialized_end=1286
-  _globals['_HOPTIMING']._serialized_start=1288
-  _globals['_HOPTIMING']._serialized_end=1388
-  _globals['_INFERRESPONSE']._serialized_start=1391
-  _globals['_INFERRESPONSE']._serialized_end=1590
-  _globals['_TELEMETRYREQUEST']._serialized_start=1592
-  _globals['_TELEMETRYREQUEST']._serialized_end=1630
-  _globals['_SHARDSTATS']._serialized_start=1632
-  _globals['_SHARDSTATS']._serialized_end=1750
-  _globals['_TELEMETRYSAMPLE']._serialized_start=1753
-  _globals['_TELEMETRYSAMPLE']._serialized_end=2055
-  _globals['_BENCHMARKREQUEST']._serialized_start=2057
-  _globals['_BENCHMARKREQUEST']._serialized_end=2089
-  _globals['_BENCHMARKREPLY']._serialized_start=2091
-  _globals['_BENCHMARKREPLY']._serialized_end=2176
-  _globals['_BLOB']._serialized_start=2178
-  _globals['_BLOB']._serialized_end=2198
-  _globals['_MEASURELINKREQUEST']._serialized_start=2200
-  _globals['_MEASURELINKREQUEST']._serialized_end=2252
-  _globals['_LINKREPLY']._serialized_start=2254
-  _globals['_LINKREPLY']._serialized_end=2311
-  _globals['_FAULTS']._serialized_start=2313
-  _globals['_FAULTS']._serialized_end=2339
-  _globals['_AGENT']._serialized_start=2383
-  _globals['_AGENT']._serialized_end=3326
+  _globals['_ROUTE']._serialized_end=1045
+  _globals['_ROUTEACK']._serialized_start=1047
+  _globals['_ROUTEACK']._serialized_end=1057
+  _globals['_REMOVEROUTEREQUEST']._serialized_start=1059
+  _globals['_REMOVEROUTEREQUEST']._serialized_end=1114
+  _globals['_LISTROUTESREQUEST']._serialized_start=1116
+  _globals['_LISTROUTESREQUEST']._serialized_end=1135
+  _globals['_LISTROUTESREPLY']._serialized_start=1137
+  _globals['_LISTROUTESREPLY']._serialized_end=1192
+  _globals['_INFERREQUEST']._serialized_start=1195
+  _globals['_INFERREQUEST']._serialized_end=1353
+  _globals['_HOPTIMING']._serialized_start=1355
+  _globals['_HOPTIMING']._serialized_end=1455
+  _globals['_INFERRESPONSE']._serialized_start=1458
+  _globals['_INFERRESPONSE']._serialized_end=1657
+  _globals['_TELEMETRYREQUEST']._serialized_start=1659
+  _globals['_TELEMETRYREQUEST']._serialized_end=1697
+  _globals['_SHARDSTATS']._serialized_start=1699
+  _globals['_SHARDSTATS']._serialized_end=1817
+  _globals['_TELEMETRYSAMPLE']._serialized_start=1820
+  _globals['_TELEMETRYSAMPLE']._serialized_end=2122
+  _globals['_BENCHMARKREQUEST']._serialized_start=2124
+  _globals['_BENCHMARKREQUEST']._serialized_end=2175
+  _globals['_BENCHMARKREPLY']._serialized_start=2177
+  _globals['_BENCHMARKREPLY']._serialized_end=2262
+  _globals['_BLOB']._serialized_start=2264
+  _globals['_BLOB']._serialized_end=2284
+  _globals['_MEASURELINKREQUEST']._serialized_start=2286
+  _globals['_MEASURELINKREQUEST']._serialized_end=2338
+  _globals['_LINKREPLY']._serialized_start=2340
+  _globals['_LINKREPLY']._serialized_end=2397
+  _globals['_FAULTS']._serialized_start=2399
+  _globals['_FAULTS']._serialized_end=2425
+  _globals['_AGENT']._serialized_start=2469
+  _globals['_AGENT']._serialized_end=3412
 # @@protoc_insertion_point(module_scope)

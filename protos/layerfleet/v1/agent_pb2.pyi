@@ -104,7 +104,7 @@ class ExitConfig(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., output_name: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("deployment", "stage", "shard_sha256", "next_hops", "replica_mode", "hedge_k", "exit")
+    __slots__ = ("deployment", "stage", "shard_sha256", "next_hops", "replica_mode", "hedge_k", "exit", "activations", "precision")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     SHARD_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class Route(_message.Message):
     REPLICA_MODE_FIELD_NUMBER: _ClassVar[int]
     HEDGE_K_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     stage: int
     shard_sha256: str
@@ -119,7 +121,9 @@ class Route(_message.Message):
     replica_mode: ReplicaMode
     hedge_k: int
     exit: ExitConfig
-    def __init__(self, deployment: _Optional[str] = ..., stage: _Optional[int] = ..., shard_sha256: _Optional[str] = ..., next_hops: _Optional[_Iterable[str]] = ..., replica_mode: _Optional[_Union[ReplicaMode, str]] = ..., hedge_k: _Optional[int] = ..., exit: _Optional[_Union[ExitConfig, _Mapping]] = ...) -> None: ...
+    activations: _tensor_pb2.WireFormat
+    precision: str
+    def __init__(self, deployment: _Optional[str] = ..., stage: _Optional[int] = ..., shard_sha256: _Optional[str] = ..., next_hops: _Optional[_Iterable[str]] = ..., replica_mode: _Optional[_Union[ReplicaMode, str]] = ..., hedge_k: _Optional[int] = ..., exit: _Optional[_Union[ExitConfig, _Mapping]] = ..., activations: _Optional[_Union[_tensor_pb2.WireFormat, _Mapping]] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class RouteAck(_message.Message):
     __slots__ = ()
@@ -246,10 +250,12 @@ class TelemetrySample(_message.Message):
     def __init__(self, time: _Optional[float] = ..., cpu_percent_per_core: _Optional[_Iterable[float]] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., memory_total: _Optional[int] = ..., memory_available: _Optional[int] = ..., agent_rss: _Optional[int] = ..., temperature_c: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_method: _Optional[str] = ..., joules_total: _Optional[float] = ..., shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "precision")
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     runs: int
-    def __init__(self, runs: _Optional[int] = ...) -> None: ...
+    precision: str
+    def __init__(self, runs: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class BenchmarkReply(_message.Message):
     __slots__ = ("flops_per_s", "seconds_per_run", "flops_per_run")

@@ -24,17 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alayerfleet/v1/tensor.proto\x12\rlayerfleet.v1\"N\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.layerfleet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"X\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.layerfleet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\x85\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05UINT8\x10\x05\x12\t\n\x05INT16\x10\x06\x12\t\n\x05INT32\x10\x07\x12\t\n\x05INT64\x10\x08\x12\x08\n\x04\x42OOL\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alayerfleet/v1/tensor.proto\x12\rlayerfleet.v1\"N\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.layerfleet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x83\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.layerfleet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12)\n\x08\x65ncoding\x18\x05 \x01(\x0b\x32\x17.layerfleet.v1.Encoding\"x\n\x08\x45ncoding\x12\r\n\x05scale\x18\x01 \x01(\x02\x12\x12\n\nzero_point\x18\x02 \x01(\x05\x12/\n\x0b\x63ompression\x18\x03 \x01(\x0e\x32\x1a.layerfleet.v1.Compression\x12\x18\n\x10\x63ompressed_bytes\x18\x04 \x01(\x03\"n\n\nWireFormat\x12/\n\tprecision\x18\x01 \x01(\x0e\x32\x1c.layerfleet.v1.WirePrecision\x12/\n\x0b\x63ompression\x18\x02 \x01(\x0e\x32\x1a.layerfleet.v1.Compression*\x85\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0b\n\x07\x46LOAT64\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05UINT8\x10\x05\x12\t\n\x05INT16\x10\x06\x12\t\n\x05INT32\x10\x07\x12\t\n\x05INT64\x10\x08\x12\x08\n\x04\x42OOL\x10\t*6\n\x0b\x43ompression\x12\x14\n\x10\x43OMPRESSION_NONE\x10\x00\x12\x07\n\x03LZ4\x10\x01\x12\x08\n\x04ZSTD\x10\x02*<\n\rWirePrecision\x12\r\n\tWIRE_FP32\x10\x00\x12\r\n\tWIRE_FP16\x10\x01\x12\r\n\tWIRE_INT8\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'layerfleet.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=216
-  _globals['_DTYPE']._serialized_end=349
+  _globals['_DTYPE']._serialized_start=494
+  _globals['_DTYPE']._serialized_end=627
+  _globals['_COMPRESSION']._serialized_start=629
+  _globals['_COMPRESSION']._serialized_end=683
+  _globals['_WIREPRECISION']._serialized_start=685
+  _globals['_WIREPRECISION']._serialized_end=745
   _globals['_TENSORSPEC']._serialized_start=45
   _globals['_TENSORSPEC']._serialized_end=123
-  _globals['_TENSOR']._serialized_start=125
-  _globals['_TENSOR']._serialized_end=213
+  _globals['_TENSOR']._serialized_start=126
+  _globals['_TENSOR']._serialized_end=257
+  _globals['_ENCODING']._serialized_start=259
+  _globals['_ENCODING']._serialized_end=379
+  _globals['_WIREFORMAT']._serialized_start=381
+  _globals['_WIREFORMAT']._serialized_end=491
 # @@protoc_insertion_point(module_scope)
