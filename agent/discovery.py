@@ -59,8 +59,13 @@ class Advertiser:
             return
         if self._info is not None:
             await (await self._zc.async_unregister_service(self._info))  # goodbye packets
-        await self._zc.async_close()
-        self._zc = None
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the sockets without goodbye packets (nothing was announced)."""
+        if self._zc is not None:
+            await self._zc.async_close()
+            self._zc = None
 
 
 @dataclass(frozen=True)

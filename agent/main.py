@@ -212,6 +212,7 @@ class AgentServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self._advertiser: Any = None
         self._stop_metrics: Callable[[], None] | None = None
+        self._mdns: asyncio.Task[None] | None = None
 
     def _record(self, shard: str, seconds: float) -> None:
         joules = self.telemetry.record_inference(shard, seconds,
@@ -254,7 +255,9 @@ class AgentServer:
         for name in ("", "layerfleet.v1.Agent"):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.mdns:
-            await self._start_mdns(port)
+            # In the background: zeroconf probes and announces for about 2 s, and the agent
+            # serves (and tells systemd so) as soon as its ports are bound.
+            self._mdns = asyncio.create_task(self._start_mdns(port), name="mdns advertise")
         if self.settings.controller:
             from layerfleet.agent.join import join_and_heartbeat
 
@@ -281,12 +284,17 @@ class AgentServer:
                         cores=os.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total,
                         runtime=runtime_label(), version=__version__, port=port)
         addresses = [host] if host not in ("0.0.0.0", "", "[::]") else None
+        advertiser = Advertiser(txt, port, addresses=addresses)
         try:
-            self._advertiser = Advertiser(txt, port, addresses=addresses)
-            await self._advertiser.start()
-        except OSError as exc:  # no multicast route: join and static still work
+            await advertiser.start()
+        except BaseException as exc:  # no multicast route, a name taken, or stopping
+            await advertiser.close()
+            if not isinstance(exc, Exception):
+                raise
+            # Join and static addresses still work without it.
             log.warning("mDNS advertisement is off: %s", exc)
-            self._advertiser = None
+            return
+        self._advertiser = advertiser
 
     async def _metrics_loop(self) -> None:
         from layerfleet.agent import metrics
@@ -339,6 +347,11 @@ class AgentServer:
         sdnotify.notify("STOPPING=1")
         for name in ("", "layerfleet.v1.Agent"):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._mdns is not None:
+            # Let the announcements finish (bounded by zeroconf's timers), so the goodbye
+            # below withdraws a record that is really out there.
+            await asyncio.wait({self._mdns}, timeout=5)
+            self._mdns.cancel()
         if self._advertiser is not None:
             await self._advertiser.stop()
         for task in self._tasks:

@@ -7,6 +7,7 @@ ai-edge-litert nor tflite-runtime is installed (then tensorflow.lite, as a last 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,23 @@ def backend() -> tuple[str, Any]:
     if _backend is None:
         _backend = _load_backend()
     return _backend
+
+
+def loaded() -> bool:
+    """Whether this process has loaded its interpreter (a shard or a benchmark ran here)."""
+    return _backend is not None
+
+
+def backend_name() -> str:
+    """The package name of the interpreter in use, or of the one backend() would choose,
+    without importing it: Describe and the mDNS record name the runtime, and an idle agent
+    need not load LiteRT (9 MiB resident) to say which it has."""
+    if _backend is not None:
+        return _backend[0]
+    for name, module in _BACKENDS:
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            return name
+    return "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def _specs(contracts: tuple[runtime.TensorContract, ...]) -> list[tensor_pb2.Ten
 def runtime_label() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    name, _ = runtime.backend()
+    name = runtime.backend_name()
     try:
         return f"{name} {version(name)}"
     except PackageNotFoundError:
@@ -320,9 +320,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         from layerfleet.agent import calibration
 
         runs = min(max(request.runs or 5, 1), 100)
-        seconds, flops = await asyncio.to_thread(calibration.run, runs,
-                                                 self.pipeline.compute.threads_per_run,
-                                                 request.precision or "fp32")
+        seconds, flops = await calibration.measure(runs, self.pipeline.compute.threads_per_run,
+                                                   request.precision or "fp32")
         return agent_pb2.BenchmarkReply(flops_per_s=flops / seconds, seconds_per_run=seconds,
                                         flops_per_run=flops)
 

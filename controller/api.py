@@ -11,18 +11,23 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
 from layerfleet.agent import names, tensors
 from layerfleet.controller import planner, wire
 from layerfleet.controller.catalog import Catalog, check_header, check_upload
 from layerfleet.controller.deployer import Deployer, DeployOrder
 from layerfleet.controller.errors import ApiError, not_found
 from layerfleet.controller.events import EventBus
-from layerfleet.controller.registry import DeploymentRecord, DeviceRecord, ModelRecord, Registry
+from layerfleet.controller.registry import (
+    DeploymentRecord,
+    DeviceRecord,
+    ModelRecord,
+    Registry,
+    TensorInfo,
+)
 from layerfleet.controller.router import Router
 from layerfleet.controller.states import stage_state
 from layerfleet.v1 import controller_pb2, controller_pb2_grpc, tensor_pb2
@@ -185,7 +190,7 @@ class ControllerService(controller_pb2_grpc.ControllerServicer):
     async def Undeploy(self, request: controller_pb2.UndeployRequest,
                        context: grpc.aio.ServicerContext) -> controller_pb2.Deployment:
         dep = self._deployment(request.name)
-        await self.deployer.undeploy(dep)
+        await self.deployer.undeploy(dep.name)
         self.router.forget(dep.name)
         self.events.notify()
         return self._deployment_pb(self._deployment(request.name))
@@ -312,14 +317,16 @@ def check_plan_request(sla_ms: float, count: int) -> None:
 
 # -- record -> message ----------------------------------------------------------------------
 
-def _specs(items: list[dict[str, Any]]) -> list[tensor_pb2.TensorSpec]:
+def _specs(items: Sequence[dict[str, Any] | TensorInfo]) -> list[tensor_pb2.TensorSpec]:
     out = []
     for t in items:
+        name, dtype, shape = ((t["name"], t["dtype"], t["shape"]) if isinstance(t, dict)
+                              else (t.name, t.dtype, t.shape))
         try:
-            code = tensors.dtype_code(t["dtype"])
+            code = tensors.dtype_code(dtype)
         except tensors.TensorError:
             code = tensor_pb2.DTYPE_UNSPECIFIED
-        out.append(tensor_pb2.TensorSpec(name=t["name"], dtype=code, shape=t["shape"]))
+        out.append(tensor_pb2.TensorSpec(name=name, dtype=code, shape=list(shape)))
     return out
 
 
@@ -345,11 +352,6 @@ def device_pb(d: DeviceRecord) -> controller_pb2.DeviceStatus:
 
 def deployment_pb(d: DeploymentRecord, device_states: dict[str, str]
                   ) -> controller_pb2.Deployment:
-    candidate = dict(d.plan.get("candidate", {}))
-    if "objective" in candidate:  # a word in rows written before the enum
-        candidate["objective"] = wire.OBJECTIVE.normalize_json(candidate["objective"])
-    plan = json_format.ParseDict(candidate, controller_pb2.Candidate(),
-                                 ignore_unknown_fields=True)
     return controller_pb2.Deployment(
         name=d.name, model=d.model, state=wire.DEPLOYMENT_STATE.wire(d.state), error=d.error,
         stages=[controller_pb2.StageStatus(
@@ -357,6 +359,5 @@ def deployment_pb(d: DeploymentRecord, device_states: dict[str, str]
             replicas=s.replicas, shard_sha256=s.shard_sha256, shard_bytes=s.shard_bytes,
             state=wire.STAGE_STATE.wire(stage_state(s.device, device_states)))
             for s in d.stages],
-        plan=plan, inputs=_specs(d.plan.get("inputs", [])),
-        outputs=_specs(d.plan.get("outputs", [])),
+        plan=d.plan.candidate, inputs=_specs(d.plan.inputs), outputs=_specs(d.plan.outputs),
         created_at=d.created_at, updated_at=d.updated_at)

@@ -5,6 +5,11 @@ in one transaction only when every stage is ready, so a controller killed in the
 leaves a `deploying` row that `recover()` marks failed at the next start (and the agents'
 routes for it are removed). Routes are set from the last stage back to the first, so no
 stage ever forwards to a hop that does not know the deployment yet.
+
+Every change to one deployment (deploy, re-plan, restore after a device returns, undeploy)
+holds that deployment's lock from reading its record to writing it back: each talks to
+agents in between, and two interleaved would undo each other (a restore writing back the
+chain a re-plan has just retired leaves a deployment `active` with no routes anywhere).
 """
 
 from __future__ import annotations
@@ -15,18 +20,25 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from layerfleet.agent import names
 from layerfleet.agent.client import AgentError
 from layerfleet.controller import planner, wire
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.errors import ApiError, not_found
-from layerfleet.controller.registry import DeploymentRecord, ModelRecord, Registry, StageRecord
+from layerfleet.controller.registry import (
+    DeploymentPlan,
+    DeploymentRecord,
+    ModelRecord,
+    PlanRequest,
+    Registry,
+    StageRecord,
+    TensorInfo,
+)
 from layerfleet.controller.states import Objective, Phase, Redundancy
 from layerfleet.controller.tables import human_bytes
 from layerfleet.v1 import controller_pb2
@@ -64,29 +76,38 @@ class Deployer:
         self.deployments_dir = deployments_dir
         self.cache_dir = cache_dir
         deployments_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = asyncio.Lock()  # one deploy at a time: conversions share the CPU anyway
+        # One roll-out at a time: conversions share the CPU anyway. Taken after a
+        # deployment's own lock, never before.
+        self._rollout = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock every change to deployment `name` holds (see the module docstring)."""
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def deploy(self, req: DeployOrder) -> AsyncIterator[controller_pb2.DeployProgress]:
         model = self.registry.model(req.model)
         if model is None:
             raise not_found("model", req.model, [m.name for m in self.registry.models()])
         name = names.check_name("deployment", req.name or req.model)
-        existing = self.registry.deployment(name)
-        if existing is not None and existing.state in ACTIVE_STATES:
-            raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
-                           f"deployment {name} is {existing.state}: undeploy it first, "
-                           f"or choose another DeployRequest.name")
 
         def progress(phase: Phase, message: str, fraction: float
                      ) -> controller_pb2.DeployProgress:
             return controller_pb2.DeployProgress(deployment=name, phase=wire.PHASE.wire(phase),
                                                  message=message, fraction=fraction)
 
-        async with self._lock:
+        async with self.lock(name), self._rollout:
+            existing = self.registry.deployment(name)
+            if existing is not None and existing.state in ACTIVE_STATES:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS,
+                               f"deployment {name} is {existing.state}: undeploy it first, "
+                               f"or choose another DeployRequest.name")
+            request = PlanRequest(objective=req.objective, sla_ms=req.sla_ms,
+                                  redundancy=req.redundancy)
             found, _, costs = planner.candidates(
                 model, self.registry.devices(), self.registry.links(),
-                objective=req.objective, sla_ms=req.sla_ms,
-                redundancy=req.redundancy, top_k=max(req.plan + 1, 1))
+                objective=request.objective, sla_ms=request.sla_ms,
+                redundancy=request.redundancy, top_k=max(req.plan + 1, 1))
             if req.plan >= len(found):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"plan {req.plan} does not exist: only {len(found)} candidate(s)")
@@ -95,18 +116,14 @@ class Deployer:
             devices = {d.id: d for d in self.registry.devices()}
             dep = DeploymentRecord(
                 name=name, model=model.name, state="deploying",
-                plan={"candidate": json_format.MessageToDict(
-                          candidate, preserving_proto_field_name=True),
-                      "placement": placement.to_dict(), "route": name, "generation": 0,
-                      "considered": considered(self.registry),
-                      "request": {"objective": req.objective, "sla_ms": req.sla_ms,
-                                  "redundancy": req.redundancy}},
+                plan=DeploymentPlan(request=request, placement=placement, candidate=candidate,
+                                    route=name, considered=considered(self.registry)),
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
             self.registry.save_deployment(dep, event=(
-                "deploy.started", f"{len(dep.stages)} stages on "
-                f"{', '.join(s.device for s in dep.stages)}"))
+                "deploy.started",
+                f"{len(dep.stages)} stages on {', '.join(s.device for s in dep.stages)}"))
             yield progress("plan", f"{len(dep.stages)} stages, predicted "
                            f"{candidate.latency_s * 1000:.1f} ms", _PLAN)
             try:
@@ -125,7 +142,7 @@ class Deployer:
     async def _roll_out(self, dep: DeploymentRecord, model: ModelRecord, cuts: list[int],
                         progress: Any) -> AsyncIterator[controller_pb2.DeployProgress]:
         yield progress("convert", f"splitting {model.name} at {cuts or 'no cut'}", _PLAN)
-        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, route_name(dep))
+        manifest, shard_dir = await asyncio.to_thread(self._split, model, cuts, dep.route)
         yield progress("convert", f"{len(manifest.shards)} shards ready", _CONVERT)
 
         devices = {d.id: d for d in self.registry.devices()}
@@ -157,8 +174,8 @@ class Deployer:
 
         dep.state = "active"
         dep.manifest_dir = str(shard_dir)
-        dep.plan["inputs"] = [_info(t) for t in manifest.inputs]
-        dep.plan["outputs"] = [_info(t) for t in manifest.outputs]
+        dep.plan = replace(dep.plan, inputs=tuple(_info(t) for t in manifest.inputs),
+                           outputs=tuple(_info(t) for t in manifest.outputs))
         self.registry.save_deployment(dep, event=(
             "deploy.active", f"every stage is ready ({', '.join(s.device for s in dep.stages)})"))
 
@@ -171,7 +188,7 @@ class Deployer:
             address = devices[device_id].address
             try:
                 await self.agents.get(address).set_route(
-                    deployment=route_name(dep), stage=stage.stage,
+                    deployment=dep.route, stage=stage.stage,
                     shard_sha256=stage.shard_sha256, next_hops=next_hops,
                     replica_mode=replica_mode(dep))
             except AgentError as exc:
@@ -202,35 +219,31 @@ class Deployer:
         the registry switches in one transaction (new requests take the new chain), requests
         in flight on the old chain drain, then the old routes are removed. If the roll-out
         fails, the old placement keeps serving. Returns whether it switched."""
-        async with self._lock:
+        async with self.lock(name), self._rollout:
             old = self.registry.deployment(name)
             model = self.registry.model(old.model) if old else None
             if old is None or model is None or old.state not in ("active", "degraded"):
                 return False
-            request = old.plan.get("request", {})
+            request = old.plan.request
             try:
                 found, _, costs = planner.candidates(
                     model, self.registry.devices(), self.registry.links(),
-                    objective=request.get("objective", "latency"),
-                    sla_ms=request.get("sla_ms", 0.0),
-                    redundancy=request.get("redundancy", "none"), top_k=1)
+                    objective=request.objective, sla_ms=request.sla_ms,
+                    redundancy=request.redundancy, top_k=1)
             except ApiError as exc:
                 self.registry.add_event("replan.failed", name, exc.message)
                 return False
             placement = found[0]
-            current = old.plan.get("placement", {}).get("stages", [])
-            if [(s.start, s.stop, s.device, list(s.replicas)) for s in placement.stages] == [
-                    (s["start"], s["stop"], s["device"], list(s["replicas"])) for s in current]:
+            if old.plan.placement is not None and placement.key() == old.plan.placement.key():
                 return False
-            generation = int(old.plan.get("generation", 0)) + 1
+            generation = old.plan.generation + 1
             devices = {d.id: d for d in self.registry.devices()}
             new = DeploymentRecord(
                 name=name, model=model.name, state="active", created_at=old.created_at,
-                plan={**old.plan, "candidate": json_format.MessageToDict(
-                          planner.candidate_pb(placement, costs),
-                          preserving_proto_field_name=True),
-                      "placement": placement.to_dict(), "route": f"{name}~{generation}",
-                      "generation": generation, "considered": considered(self.registry)},
+                plan=replace(old.plan, placement=placement,
+                             candidate=planner.candidate_pb(placement, costs),
+                             route=f"{name}~{generation}", generation=generation,
+                             considered=considered(self.registry)),
                 stages=[StageRecord(name, i, s.start, s.stop, s.device, devices[s.device].address,
                                     replicas=list(s.replicas))
                         for i, s in enumerate(placement.stages)])
@@ -244,16 +257,20 @@ class Deployer:
                 return False
             # _roll_out saved `new`: the switch. Let the old chain finish, then retire it.
             if drain is not None:
-                await drain(route_name(old))
+                await drain(old.route)
             await self._remove_routes(old)
             self.registry.add_event("replan.done", name, f"now on "
                                     f"{', '.join(s.device for s in new.stages)}")
             return True
 
-    async def undeploy(self, dep: DeploymentRecord) -> None:
-        await self._remove_routes(dep)
-        self.registry.set_deployment_state(dep.name, "undeployed",
-                                           event=("deploy.undeployed", "routes removed"))
+    async def undeploy(self, name: str) -> None:
+        async with self.lock(name):
+            dep = self.registry.deployment(name)
+            if dep is None or dep.state == "undeployed":
+                return
+            await self._remove_routes(dep)
+            self.registry.set_deployment_state(dep.name, "undeployed",
+                                               event=("deploy.undeployed", "routes removed"))
 
     async def _remove_routes(self, dep: DeploymentRecord) -> None:
         """Best effort: a device that is down has lost its routes already or will on restart."""
@@ -263,7 +280,7 @@ class Deployer:
                 address = addresses.get(device_id, stage.address)
                 try:
                     await asyncio.wait_for(
-                        self.agents.get(address).remove_route(route_name(dep), stage.stage), 5)
+                        self.agents.get(address).remove_route(dep.route, stage.stage), 5)
                 except (AgentError, TimeoutError) as exc:
                     log.info("could not remove route %s/%d on %s: %s", dep.name, stage.stage,
                              device_id, exc)
@@ -280,35 +297,49 @@ class Deployer:
     async def restore_device(self, device_id: str) -> None:
         """A device came (back) up: give it back its shards and routes, and point every
         stage of its deployments at its current address (it may have a new port)."""
+        for name in [d.name for d in self.registry.deployments()]:
+            async with self.lock(name):
+                await self._restore(name, device_id)
+
+    async def _restore(self, name: str, device_id: str) -> None:
+        # Read under the lock: a re-plan that ran meanwhile may have moved off the device.
+        dep = self.registry.deployment(name)
+        if dep is None or dep.state not in ("active", "degraded"):
+            return
+        mine = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
+        if not mine:
+            return
         devices = {d.id: d for d in self.registry.devices()}
-        for dep in self.registry.deployments():
-            if dep.state not in ("active", "degraded"):
-                continue
-            mine = [s for s in dep.stages if device_id in (s.device, *s.replicas)]
-            if not mine:
-                continue
-            client = self.agents.get(devices[device_id].address)
-            try:
-                held = set(await client.list_shards())
-                for stage in mine:
-                    if stage.shard_sha256 not in held:
-                        await client.upload_shard(_shard_file(dep, stage).read_bytes())
-                for stage in dep.stages:
-                    stage.address = devices[stage.device].address
-                for stage in reversed(dep.stages):
-                    if all(devices[d].state == "up" for d in [stage.device, *stage.replicas]):
-                        await self._set_routes(dep, stage, devices)
-            except (AgentError, StageFailure, OSError) as exc:
-                log.warning("could not restore %s on %s: %s", dep.name, device_id, exc)
-                continue
-            everyone_up = all(devices[d].state == "up"
-                              for s in dep.stages for d in [s.device, *s.replicas])
-            if dep.state == "degraded" and everyone_up:
-                dep.state, dep.error = "active", ""
-                self.registry.save_deployment(dep, event=("deploy.active",
+        client = self.agents.get(devices[device_id].address)
+        try:
+            held = set(await client.list_shards())
+            for stage in mine:
+                if stage.shard_sha256 not in held:
+                    await client.upload_shard(_shard_file(dep, stage).read_bytes())
+            for stage in dep.stages:
+                stage.address = devices[stage.device].address
+            for stage in reversed(dep.stages):
+                if all(devices[d].state == "up" for d in [stage.device, *stage.replicas]):
+                    await self._set_routes(dep, stage, devices)
+        except (AgentError, StageFailure, OSError) as exc:
+            log.warning("could not restore %s on %s: %s", dep.name, device_id, exc)
+            return
+        # Written from what holds now (no await from here on): a device may have gone down,
+        # or the router marked the deployment, while the agents were busy.
+        now = {d.id: d for d in self.registry.devices()}
+        current = self.registry.deployment(name)
+        if current is None:
+            return
+        for stage in current.stages:
+            stage.address = now[stage.device].address
+        everyone_up = all(now[d].state == "up"
+                          for s in current.stages for d in [s.device, *s.replicas])
+        if current.state == "degraded" and everyone_up:
+            current.state, current.error = "active", ""
+            self.registry.save_deployment(current, event=("deploy.active",
                                                           f"{device_id} is back"))
-            else:
-                self.registry.save_deployment(dep)
+        else:
+            self.registry.save_deployment(current)
 
 
 def considered(registry: Registry) -> list[str]:
@@ -316,16 +347,9 @@ def considered(registry: Registry) -> list[str]:
     return sorted(d.id for d in registry.devices() if d.state == "up" and d.flops_per_s > 0)
 
 
-def route_name(dep: DeploymentRecord) -> str:
-    """The name the agents know this deployment's current chain by (a re-plan makes a new
-    one, so the old and new chains can serve side by side during the switch)."""
-    return str(dep.plan.get("route", dep.name))
-
-
 def replica_mode(dep: DeploymentRecord) -> str:
     """Replicas race (hedged) when the plan optimised latency, else share the load."""
-    return "hedged" if dep.plan.get("request", {}).get("objective") == "latency" \
-        else "balanced"
+    return "hedged" if dep.plan.request.objective == "latency" else "balanced"
 
 
 def _no_progress(phase: str, message: str, fraction: float) -> None:
@@ -348,5 +372,5 @@ def _shard_file(dep: DeploymentRecord, stage: StageRecord) -> Path:
     return Path(dep.manifest_dir) / manifest.shards[stage.stage].file
 
 
-def _info(t: Any) -> dict[str, Any]:
-    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+def _info(t: Any) -> TensorInfo:
+    return TensorInfo(t.name, t.dtype, tuple(t.shape))

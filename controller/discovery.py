@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from layerfleet.agent import names, transport
 from layerfleet.agent.client import AgentError
+from layerfleet.agent.join import MAX_BACKOFF_S
 from layerfleet.controller import calibrate
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.registry import DeviceRecord, Heartbeat, Registry
@@ -43,12 +44,18 @@ class Discovery:
     def __init__(self, registry: Registry, agents: AgentPool, *,
                  on_up: Callable[[str], Awaitable[None]] | None = None,
                  heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
-                 down_after_s: float | None = None, calibrate_devices: bool = True) -> None:
+                 down_after_s: float | None = None, calibrate_devices: bool = True,
+                 restart_grace_s: float = MAX_BACKOFF_S) -> None:
         self.registry = registry
         self.agents = agents
         self.on_up = on_up
         self.heartbeat_interval_s = heartbeat_interval_s
         self.down_after_s = down_after_s or 3 * heartbeat_interval_s
+        # After a (re)start, agents that call in may be backing off, up to MAX_BACKOFF_S
+        # between attempts: silence from before the start says nothing about them until
+        # each has had that long to call again.
+        self.restart_grace_s = restart_grace_s
+        self.started_at = time.time()
         self.calibrate_devices = calibrate_devices
         self._tasks: set[asyncio.Task[Any]] = set()
         self._browser: Any = None
@@ -183,9 +190,12 @@ class Discovery:
                         device.id, now, device.power_w, device.energy_method,
                         device.cpu_percent, device.memory_available)])
                     continue
-            if now - device.last_seen > self.down_after_s:
+            silent, allowed = now - device.last_seen, self.down_after_s
+            if device.found_by == "join" and device.last_seen < self.started_at:
+                silent, allowed = now - self.started_at, allowed + self.restart_grace_s
+            if silent > allowed:
                 self.mark_down(device.id, f"silent for {now - device.last_seen:.1f} s "
-                                          f"(down after {self.down_after_s:.1f} s)")
+                                          f"(down after {allowed:.1f} s)")
 
     async def _alive(self, address: str) -> bool:
         try:
@@ -205,6 +215,7 @@ class Discovery:
 
     async def run(self) -> None:
         """The liveness loop (and the heartbeat writer beside it); cancelled at shutdown."""
+        self.started_at = time.time()
         self._spawn(self.run_flusher())
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)

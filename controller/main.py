@@ -26,7 +26,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from layerfleet.agent import files, names, reflection, transport
-from layerfleet.controller import planner
+from layerfleet.agent.join import MAX_BACKOFF_S
+from layerfleet.controller import calibrate, planner
 from layerfleet.controller.agents import AgentPool
 from layerfleet.controller.api import ControllerService
 from layerfleet.controller.catalog import Catalog
@@ -36,7 +37,6 @@ from layerfleet.controller.discovery import Discovery, FleetService
 from layerfleet.controller.events import EventBus
 from layerfleet.controller.metrics import ControllerMetrics
 from layerfleet.controller.observed import Observed
-from layerfleet.controller.placement.model import Placement
 from layerfleet.controller.placement.plan import ReplanState, should_replan
 from layerfleet.controller.registry import Registry
 from layerfleet.controller.router import Router
@@ -68,6 +68,16 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     calibrate: bool = True
     replan: bool = True           # re-plan and switch when devices go down or come up
+    # Seconds past the usual silence before a joined device is marked down after this
+    # controller starts: agents back off up to this long while it is away.
+    restart_grace_s: float = MAX_BACKOFF_S
+    # Drift: idle devices are re-benchmarked this often (0: never); a measured speed more
+    # than drift_threshold off the one planned with, for drift_sustain_s, re-plans (not
+    # again within replan_cooldown_s).
+    recalibrate_interval_s: float = 300.0
+    drift_threshold: float = 0.2
+    drift_sustain_s: float = 30.0
+    replan_cooldown_s: float = 60.0
     # The dashboard and /metrics: "" = off (the object's default, so tests pick a port);
     # the command line defaults to DEFAULT_HTTP. Non-loopback needs http_insecure.
     http: str = ""
@@ -93,7 +103,8 @@ class ControllerServer:
         self.router = Router(self.registry, self.agents, self.observed)
         self.discovery = Discovery(self.registry, self.agents, on_up=self._device_up,
                                    heartbeat_interval_s=settings.heartbeat_interval_s,
-                                   calibrate_devices=settings.calibrate)
+                                   calibrate_devices=settings.calibrate,
+                                   restart_grace_s=settings.restart_grace_s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -101,8 +112,11 @@ class ControllerServer:
         self.dashboard: Dashboard | None = None
         self._liveness: asyncio.Task[None] | None = None
         self._replanner: asyncio.Task[None] | None = None
+        self._recalibrator: asyncio.Task[None] | None = None
         self._replan_state: dict[str, ReplanState] = {}
-        self._replan_settled = -1   # Registry.changes at the last sweep that moved nothing
+        self.drift = calibrate.Drift()
+        # (Registry.changes, Drift.measured) at the last sweep that moved nothing.
+        self._replan_settled: tuple[int, int] = (-1, -1)
 
     async def _device_up(self, device_id: str) -> None:
         await self.deployer.restore_device(device_id)
@@ -112,42 +126,76 @@ class ControllerServer:
 
     async def _replan_once(self) -> None:
         """Ask the placement engine whether each serving deployment should move."""
-        # Without drift observations (not fed yet) only a device or deployment row that
-        # changed can change the answer: when none did since a sweep that moved nothing,
-        # skip the read of every device row (10,000 rows: ~0.1 s of the event loop).
-        changes = self.registry.changes
-        if changes == self._replan_settled:
+        # Only a device or deployment row that changed, a new speed measurement, or a drift
+        # waiting out its sustain time can change the answer: when none did since a sweep
+        # that moved nothing, skip the read of every device row (10,000 rows: ~0.1 s of the
+        # event loop).
+        mark = (self.registry.changes, self.drift.measured)
+        waiting = any(state.drifting_since for state in self._replan_state.values())
+        if mark == self._replan_settled and not waiting:
             return
         settled = True
         # A device counts once calibrated: re-planning onto a guessed speed helps nobody.
         devices = [d for d in self.registry.devices() if d.flops_per_s > 0]
         fleet_now = planner.fleet_from(devices, self.registry.links())
+        observations, now = self.drift.observations(), time.monotonic()
+        moved: set[str] = set()
+        drifted: list[str] = []
         for dep in self.registry.deployments():
-            if dep.state not in ("active", "degraded") or "placement" not in dep.plan:
+            current = dep.plan.placement
+            if dep.state not in ("active", "degraded") or current is None:
                 continue
-            current = Placement.from_dict(dep.plan["placement"])
             # Start from the devices the current plan could use, so a device that arrives
             # between the plan and the first check still counts as new.
-            considered = set(dep.plan.get("considered", []))
             state = self._replan_state.get(dep.name)
-            if state is None or state.plan_generation != dep.plan.get("generation", 0):
+            if state is None or state.plan_generation != dep.plan.generation:
                 state = self._replan_state[dep.name] = ReplanState(
-                    seen_up=considered, plan_generation=dep.plan.get("generation", 0))
-            decision = should_replan(current, fleet_now, [], state, now=time.monotonic())
+                    seen_up=set(dep.plan.considered), plan_generation=dep.plan.generation)
+            decision = should_replan(
+                current, fleet_now, observations, state, now=now,
+                threshold=self.settings.drift_threshold,
+                sustain_s=self.settings.drift_sustain_s,
+                cooldown_s=self.settings.replan_cooldown_s)
             if not decision.replan:
                 continue
+            if decision.drifted:
+                # Plan with what was measured from now on (this deployment and the rest).
+                drifted += self._adopt_speeds(decision.drifted)
             settled = False
-            name = dep.name
-
-            async def drain(route: str, name: str = name) -> None:
-                self.router.forget(name)  # new requests take the new chain from here on
-                await self.router.drain(route)
-
-            if await self.deployer.replan(name, decision.reason, drain=drain):
-                self.router.forget(name)
-                self.events.notify()
+            moved.add(dep.name)
+            await self._move(dep.name, decision.reason)
+        if drifted:   # the other deployments were planned with the old speeds too
+            for dep in self.registry.deployments():
+                if dep.name not in moved and dep.state in ("active", "degraded") \
+                        and dep.plan.placement is not None:
+                    await self._move(dep.name, f"speed of {', '.join(drifted)} changed")
         if settled:
-            self._replan_settled = changes
+            self._replan_settled = mark
+
+    def _adopt_speeds(self, device_ids: tuple[str, ...]) -> list[str]:
+        """Make the speeds the re-benchmarks measured the ones the planner uses."""
+        adopted = []
+        for device_id in device_ids:
+            record, estimate = self.registry.device(device_id), self.drift.estimate(device_id)
+            if record is None or estimate is None:
+                continue
+            measured = estimate.flops_per_s
+            message = (f"measured {measured / 1e9:.2f} GFLOP/s while idle (median of the "
+                       f"last {calibrate.ESTIMATE_OF}); planned with "
+                       f"{record.flops_per_s / 1e9:.2f}")
+            record.flops_per_s = measured
+            self.registry.upsert_device(record, event=("device.recalibrated", message))
+            adopted.append(device_id)
+        return adopted
+
+    async def _move(self, name: str, reason: str) -> None:
+        async def drain(route: str) -> None:
+            self.router.forget(name)  # new requests take the new chain from here on
+            await self.router.drain(route)
+
+        if await self.deployer.replan(name, reason, drain=drain):
+            self.router.forget(name)
+            self.events.notify()
 
     async def _replan_loop(self) -> None:
         while True:
@@ -156,6 +204,14 @@ class ControllerServer:
                 await self._replan_once()
             except Exception:
                 log.exception("re-planning failed")
+
+    async def _recalibrate_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.recalibrate_interval_s)
+            try:
+                await calibrate.recheck(self.registry, self.agents, self.drift)
+            except Exception:
+                log.exception("re-benchmarking failed")
 
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[
@@ -194,6 +250,8 @@ class ControllerServer:
         self._liveness = asyncio.create_task(self.discovery.run())
         if self.settings.replan:
             self._replanner = asyncio.create_task(self._replan_loop())
+            if self.settings.calibrate and self.settings.recalibrate_interval_s > 0:
+                self._recalibrator = asyncio.create_task(self._recalibrate_loop())
         if self.settings.mdns:
             try:
                 await self.discovery.start_mdns()
@@ -210,7 +268,7 @@ class ControllerServer:
     async def stop(self, grace_s: float = 5.0) -> None:
         for name in ("", "layerfleet.v1.Controller"):
             await _set_health(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        for task in (self._liveness, self._replanner):
+        for task in (self._liveness, self._replanner, self._recalibrator):
             if task is not None:
                 task.cancel()
         await self.discovery.stop()
@@ -242,6 +300,16 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):   # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -280,7 +348,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--heartbeat", type=float, default=argparse.SUPPRESS,
                        help="Seconds between agent heartbeats; down after 3 missed (2).")
         p.add_argument("--no-replan", action="store_true", default=argparse.SUPPRESS,
-                       help="Do not move deployments when devices go down or come up.")
+                       help="Do not move deployments when devices go down, come up or "
+                            "change speed.")
+        p.add_argument("--recalibrate", type=_seconds, metavar="SECONDS",
+                       default=argparse.SUPPRESS,
+                       help="Seconds between re-benchmarks of idle devices, whose measured "
+                            "speed drives re-planning (default 300; 0: never).")
+        p.add_argument("--restart-grace", type=_seconds, metavar="SECONDS",
+                       default=argparse.SUPPRESS,
+                       help="Seconds after a start before joined agents not heard from "
+                            "since are marked down (default 30: their longest back-off).")
         p.add_argument("--log-level", default=argparse.SUPPRESS,
                        choices=["debug", "info", "warning", "error"])
     return parser
@@ -308,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         mdns=not args.get("no_mdns", False),
         heartbeat_interval_s=args.get("heartbeat", 2.0),
         replan=not args.get("no_replan", False),
+        recalibrate_interval_s=args.get("recalibrate", Settings.recalibrate_interval_s),
+        restart_grace_s=args.get("restart_grace", Settings.restart_grace_s),
         http="" if args.get("http") == "off" else args.get("http", DEFAULT_HTTP),
         http_insecure=args.get("http_insecure", False), http_optional="http" not in args)
     try:

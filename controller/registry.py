@@ -20,8 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from google.protobuf import json_format
 from layerfleet.agent import files
-from layerfleet.controller.states import DeploymentState, DeviceState, FoundBy
+from layerfleet.controller import wire
+from layerfleet.controller.placement.model import Placement
+from layerfleet.controller.states import (
+    DeploymentState,
+    DeviceState,
+    FoundBy,
+    Objective,
+    Redundancy,
+)
+from layerfleet.v1 import controller_pb2
 
 
 @dataclass(slots=True)
@@ -92,18 +102,101 @@ class StageRecord:
     shard_sha256: str = ""
     shard_bytes: int = 0
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Every device serving this stage: its own, then its replicas."""
+        return (self.device, *self.replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One input or output of a deployed model, as its shards expect it."""
+
+    name: str
+    dtype: str                 # numpy's name: "float32"
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """What the user asked for when deploying; every re-plan asks for it again."""
+
+    objective: Objective = "latency"
+    sla_ms: float = 0.0        # 0: none
+    redundancy: Redundancy = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentPlan:
+    """What a deployment runs and why: stored as JSON in `deployments.plan`, read and
+    written only by to_json/from_json below (rows from before a key existed get the
+    default beside it)."""
+
+    request: PlanRequest = PlanRequest()
+    placement: Placement | None = None   # None only in rows that predate stored placements
+    candidate: controller_pb2.Candidate = field(default_factory=controller_pb2.Candidate)
+    route: str = ""            # the chain's name on the agents; "": the deployment's name
+    generation: int = 0        # +1 per re-plan (each gets a new route name)
+    considered: tuple[str, ...] = ()   # devices up and calibrated when it was planned
+    inputs: tuple[TensorInfo, ...] = ()    # known once the shards are converted
+    outputs: tuple[TensorInfo, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": asdict(self.request),
+            "placement": self.placement.to_dict() if self.placement is not None else None,
+            "candidate": json_format.MessageToDict(self.candidate,
+                                                   preserving_proto_field_name=True),
+            "route": self.route, "generation": self.generation,
+            "considered": list(self.considered),
+            "inputs": [_tensor_json(t) for t in self.inputs],
+            "outputs": [_tensor_json(t) for t in self.outputs]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeploymentPlan:
+        request = data.get("request") or {}
+        placement = data.get("placement")
+        candidate = dict(data.get("candidate") or {})
+        if "objective" in candidate:   # a word in rows written before the enum
+            candidate["objective"] = wire.OBJECTIVE.normalize_json(candidate["objective"])
+        return cls(
+            request=PlanRequest(objective=str(request.get("objective", "latency")),
+                                sla_ms=float(request.get("sla_ms", 0.0)),
+                                redundancy=str(request.get("redundancy", "none"))),
+            placement=Placement.from_dict(placement) if placement else None,
+            candidate=json_format.ParseDict(candidate, controller_pb2.Candidate(),
+                                            ignore_unknown_fields=True),
+            route=str(data.get("route", "")), generation=int(data.get("generation", 0)),
+            considered=tuple(data.get("considered", ())),
+            inputs=tuple(_tensor_info(t) for t in data.get("inputs", ())),
+            outputs=tuple(_tensor_info(t) for t in data.get("outputs", ())))
+
+
+def _tensor_json(t: TensorInfo) -> dict[str, Any]:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+
+
+def _tensor_info(data: dict[str, Any]) -> TensorInfo:
+    return TensorInfo(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]))
+
 
 @dataclass(slots=True)
 class DeploymentRecord:
     name: str
     model: str
     state: DeploymentState
-    plan: dict[str, Any] = field(default_factory=dict)
+    plan: DeploymentPlan = field(default_factory=DeploymentPlan)
     manifest_dir: str = ""
     error: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
     stages: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def route(self) -> str:
+        """The name the agents know this deployment's current chain by (a re-plan makes a
+        new one, so the old and new chains can serve side by side during the switch)."""
+        return self.plan.route or self.name
 
 
 @dataclass(slots=True)
@@ -116,6 +209,9 @@ class EventRecord:
 
 
 _JSON_FIELDS = {"input_shape", "profile", "inputs", "outputs", "plan", "replicas"}
+# Columns holding a typed value: how it becomes JSON and back (the rest are plain JSON).
+_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "plan": (DeploymentPlan.to_json, DeploymentPlan.from_json)}
 
 
 def _to_row(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -124,6 +220,8 @@ def _to_row(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         if f.name in skip:
             continue
         value = getattr(obj, f.name)
+        if f.name in _CODECS:
+            value = _CODECS[f.name][0](value)
         row[f.name] = json.dumps(value) if f.name in _JSON_FIELDS else value
     return row
 
@@ -137,6 +235,8 @@ def _from_row(cls: type, row: dict[str, Any]) -> Any:
     names = _field_names(cls)  # (cached: ListDevices builds 10,000 of these)
     kwargs = {k: (json.loads(v) if k in _JSON_FIELDS and isinstance(v, str) else v)
               for k, v in row.items() if k in names}
+    for k in _CODECS.keys() & kwargs.keys():
+        kwargs[k] = _CODECS[k][1](kwargs[k] or {})
     return cls(**kwargs)
 
 

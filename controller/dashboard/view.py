@@ -63,7 +63,7 @@ def model_view(m: ModelRecord) -> dict[str, Any]:
 
 def deployment_view(dep: DeploymentRecord, device_states: dict[str, str],
                     seen: DeploymentSeen | None) -> dict[str, Any]:
-    candidate = dep.plan.get("candidate", {})
+    candidate = dep.plan.to_json()["candidate"]   # the planned numbers, as proto JSON
     planned = candidate.get("stages", [])
     stages = []
     for stage in dep.stages:

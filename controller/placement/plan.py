@@ -63,6 +63,7 @@ def compare_baselines(costs: ModelCosts, fleet: Fleet, objective: str,
 class ReplanDecision:
     replan: bool
     reason: str
+    drifted: tuple[str, ...] = ()   # devices whose measured speed is the reason
 
 
 @dataclass
@@ -118,5 +119,6 @@ def should_replan(current: Placement, fleet_now: Fleet, observations: list[Obser
         for d in sustained:
             state.drifting_since.pop(d, None)
         return ReplanDecision(True, f"speed of {', '.join(sustained)} drifted more than "
-                                    f"{threshold:.0%} for {sustain_s:.0f} s")
+                                    f"{threshold:.0%} for {sustain_s:.0f} s",
+                              drifted=tuple(sustained))
     return ReplanDecision(False, "within bounds")

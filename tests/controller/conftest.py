@@ -49,12 +49,12 @@ class LocalFleet:
 
 
 async def start_controller(root: Path, replan: bool = False, calibrate: bool = True,
-                           http: str = "") -> ControllerServer:
+                           **settings: Any) -> ControllerServer:
     # Re-planning off unless a test is about it: the others pin placements down.
-    server = ControllerServer(ControllerSettings(
-        listen="127.0.0.1:0", state_dir=root / "controller", mdns=False,
-        heartbeat_interval_s=0.3, cache_dir=root / "cache", replan=replan,
-        calibrate=calibrate, http=http))
+    server = ControllerServer(ControllerSettings(**{
+        "listen": "127.0.0.1:0", "state_dir": root / "controller", "mdns": False,
+        "heartbeat_interval_s": 0.3, "cache_dir": root / "cache", "replan": replan,
+        "calibrate": calibrate, **settings}))
     await server.start()
     return server
 
