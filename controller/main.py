@@ -66,6 +66,7 @@ class Settings:
     insecure: bool = False
     mdns: bool = True
     heartbeat_interval_s: float = 2.0
+    missed_heartbeats: int = 3    # a device silent this many intervals is marked down
     calibrate: bool = True
     replan: bool = True           # re-plan and switch when devices go down or come up
     # Seconds past the usual silence before a joined device is marked down after this
@@ -103,6 +104,8 @@ class ControllerServer:
         self.router = Router(self.registry, self.agents, self.observed)
         self.discovery = Discovery(self.registry, self.agents, on_up=self._device_up,
                                    heartbeat_interval_s=settings.heartbeat_interval_s,
+                                   down_after_s=settings.missed_heartbeats
+                                   * settings.heartbeat_interval_s,
                                    calibrate_devices=settings.calibrate,
                                    restart_grace_s=settings.restart_grace_s)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
@@ -346,7 +349,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", type=Path, default=argparse.SUPPRESS,
                        help="Conversion cache (default STATE_DIR/shard-cache).")
         p.add_argument("--heartbeat", type=float, default=argparse.SUPPRESS,
-                       help="Seconds between agent heartbeats; down after 3 missed (2).")
+                       help="Seconds between agent heartbeats (2).")
+        p.add_argument("--missed-heartbeats", type=int, default=argparse.SUPPRESS,
+                       help="Heartbeats a device may miss before it is marked down (3).")
         p.add_argument("--no-replan", action="store_true", default=argparse.SUPPRESS,
                        help="Do not move deployments when devices go down, come up or "
                             "change speed.")
@@ -384,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.get("cache_dir"), insecure=args.get("insecure", False),
         mdns=not args.get("no_mdns", False),
         heartbeat_interval_s=args.get("heartbeat", 2.0),
+        missed_heartbeats=args.get("missed_heartbeats", Settings.missed_heartbeats),
         replan=not args.get("no_replan", False),
         recalibrate_interval_s=args.get("recalibrate", Settings.recalibrate_interval_s),
         restart_grace_s=args.get("restart_grace", Settings.restart_grace_s),

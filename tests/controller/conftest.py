@@ -51,10 +51,12 @@ class LocalFleet:
 async def start_controller(root: Path, replan: bool = False, calibrate: bool = True,
                            **settings: Any) -> ControllerServer:
     # Re-planning off unless a test is about it: the others pin placements down.
+    # Heartbeats every 0.3 s, but down only after 3 s of silence: the in-process agents
+    # share the test's GIL with TensorFlow conversions, which can hold it for a second.
     server = ControllerServer(ControllerSettings(**{
         "listen": "127.0.0.1:0", "state_dir": root / "controller", "mdns": False,
-        "heartbeat_interval_s": 0.3, "cache_dir": root / "cache", "replan": replan,
-        "calibrate": calibrate, **settings}))
+        "heartbeat_interval_s": 0.3, "missed_heartbeats": 10, "cache_dir": root / "cache",
+        "replan": replan, "calibrate": calibrate, **settings}))
     await server.start()
     return server
 
